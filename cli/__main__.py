@@ -1,0 +1,5 @@
+"""``python -m vnmini.cli`` == ``vnmini``."""
+
+from vnmini.cli import main
+
+main()

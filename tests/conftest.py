@@ -1,0 +1,77 @@
+"""Shared fixtures: small random models and tokenizers made on the spot (tests run offline)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing when pytest and numba share them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_config():
+    from vnmini.models import ModelConfig
+
+    def make(**kw):
+        base = dict(vocab_size=301, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                    num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                    tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+        base.update(kw)
+        return ModelConfig(**base)
+
+    return make
+
+
+VI_SAMPLE = (
+    "Điều 1. Phạm vi điều chỉnh. Bộ luật này quy định địa vị pháp lý, chuẩn mực pháp lý về cách ứng xử "
+    "của cá nhân, pháp nhân; quyền, nghĩa vụ về nhân thân và tài sản.\n"
+    "Điều 2. Công nhận, tôn trọng, bảo vệ và bảo đảm quyền dân sự. Mọi người đều bình đẳng trước pháp luật.\n"
+    "Xin chào! Hôm nay trời đẹp quá, chúng ta đi uống cà phê nhé? Tôi có 25 quyển sách và 3 con mèo 🐱.\n"
+    "Hòa bình, khỏe mạnh, thủy lợi, quý khách, người lao động được trả lương công bằng.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A ~400-token byte-level BPE with vnmini's specials, trained on a few Vietnamese lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([VI_SAMPLE] * 3, trainer=trainer)
+    return VnTokenizer(tok, pre_tokenizer_name="gpt-2")
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_tokenizer):
+    """A random micro model saved with the tiny tokenizer."""
+    from vnmini.models import LlamaForCausalLM, ModelConfig
+
+    from vnmini.checkpoint import save_checkpoint
+
+    cfg = ModelConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256)
+    torch.manual_seed(0)
+    return save_checkpoint(LlamaForCausalLM(cfg), tmp_path / "ckpt", tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit_code, stdout, stderr)."""
+    from vnmini.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
