@@ -288,3 +288,28 @@ def generate_syllables(style: str = "new") -> Iterator[str]:
                 if syl not in seen:  # gi + i and gi + ì spell the same as gi + "" and gì
                     seen.add(syl)
                     yield syl
+
+
+_RHYME_SET = frozenset(RHYMES)
+_ONSETS_LONGEST_FIRST = sorted(ONSETS, key=len, reverse=True)
+
+
+def parse_syllable(word: str) -> tuple[str, str, str] | None:
+    """Split a syllable into (onset, plain rhyme, tone mark), lowercase; None if it is not Vietnamese by rule.
+
+    ``parse_syllable("Người") == ("ng", "ươi", "\\u0300")``; ``parse_syllable("fax") is None``.
+    """
+    d = unicodedata.normalize("NFD", word.lower())
+    tone = "".join(c for c in d if c in _TONE_CHARS)
+    if len(tone) > 1:
+        return None
+    plain = unicodedata.normalize("NFC", "".join(c for c in d if c not in _TONE_CHARS))
+    for onset in _ONSETS_LONGEST_FIRST:
+        if not plain.startswith(onset):
+            continue
+        rhyme = plain[len(onset) :]
+        if onset == "gi" and (not rhyme or rhyme[0] not in _VOWELS_PLAIN):
+            continue  # "gì", "gin": g + i...
+        if rhyme in _RHYME_SET:
+            return onset, rhyme, tone
+    return None
