@@ -250,8 +250,15 @@ def read_documents(
     """
     if doc_sep not in DOC_SEPS:
         raise VnminiError(f"--doc-sep {doc_sep!r}: use one of {', '.join(DOC_SEPS)}.")
-    stats = stats if stats is not None else CorpusStats()
+    # Resolve paths now, not on first iteration, so a bad path fails before any progress bar starts.
     files = expand_paths(paths)
+    return _stream(files, field, column, doc_sep, normalized, tone_style, stats if stats is not None else CorpusStats())
+
+
+def _stream(
+    files: list[Path], field: str | None, column: str | None, doc_sep: str, normalized: bool, tone_style: str,
+    stats: CorpusStats,
+) -> Iterator[str]:
     produced = 0
     for path in files:
         kind = _kind(path)
