@@ -1,0 +1,175 @@
+"""Prove an ONNX export against the torch model it came from (``verify.json`` / ``verify.md``).
+
+Oracle: our torch decoder in fp32 on the same token ids, full forward with no
+cache (so the ONNX cached path is checked against an uncached computation).
+
+- parity (every dtype/quant, gated for fp32): ONNX Runtime logits for a
+  prefill of ``prompt_len`` ids, then ``decode_steps`` single-token steps
+  through the KV cache (the first call has past length 0); max relative error
+  = max|onnx - torch| / max|torch| per phase. fp32 must be <= 1e-4.
+- greedy: ``decode_steps`` greedy tokens from torch's KV-cache generator vs
+  ONNX Runtime's; fp32 must match token for token.
+- quality (reported for all, gated loosely for fp16/int8/int4): on held-out
+  text, top-1 agreement, mean KL(torch || onnx) in nats, and bits per byte of
+  both (Δbpb = onnx - torch).
+
+    report = verify_onnx("out/onnx-int8", "runs/tiny/final")
+    write_report("out/onnx-int8", report)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vnmini.atomic import write_json, write_text
+from vnmini.metrics import bits_per_byte, kl_divergence, max_relative_error, nll_and_bytes, top1_agreement
+
+FP32_MAX_REL_ERR = 1e-4
+# Quantized variants are not bit-faithful; this only catches a broken graph (random
+# weights, wrong cache wiring) — the numbers themselves go in the report.
+QUANT_MAX_KL = 1.0
+
+# Held-out text when none is given (not from the statutes the default corpus trains on).
+DEFAULT_TEXT = (
+    "Sáng nay, chợ phiên ở thị trấn vùng cao đông vui hơn mọi khi. Người dân từ các bản xa mang "
+    "rau rừng, mật ong, vải thổ cẩm và gà đồi xuống bán. Một cụ bà ngồi bên gánh ngô luộc kể rằng "
+    "năm nay mưa thuận gió hòa nên mùa màng bội thu. Du khách thích thú chụp ảnh những sạp hàng rực rỡ "
+    "sắc màu, thưởng thức bát thắng cố nóng hổi và hỏi mua vài chiếc khăn thêu tay làm quà. Đến trưa, "
+    "sương tan, nắng vàng trải khắp sườn đồi; tiếng khèn, tiếng cười nói rộn ràng cả một góc trời. "
+    "Buổi chiều, các em học sinh được thầy cô hướng dẫn cách trồng cây, tưới nước và ghi chép nhật ký "
+    "thời tiết. Trong thư viện nhỏ của trường, sách truyện, từ điển và bản đồ được xếp ngay ngắn."
+)
+
+
+def _text_ids(tokenizer, text: str | None, n: int, vocab: int, seed: int) -> list[int]:
+    """``n`` ids: the tokenized text (BOS first) when there is a tokenizer, else random ids."""
+    if tokenizer is not None:
+        ids = tokenizer.encode(text or DEFAULT_TEXT, add_bos=True)
+        if len(ids) >= n:
+            return ids[:n]
+    else:
+        ids = []
+    rng = np.random.default_rng(seed)
+    return ids + [int(i) for i in rng.integers(3, vocab, n - len(ids))]
+
+
+def verify_onnx(
+    folder: str | Path,
+    checkpoint: Any,
+    text: str | None = None,
+    prompt_len: int = 16,
+    decode_steps: int = 32,
+    quality_tokens: int = 512,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Check the ONNX folder against ``checkpoint`` (a path or a loaded :class:`Checkpoint`)."""
+    from vnmini.export.onnx_export import read_meta
+
+    from vnmini.backend_onnx import ONNXGenerator
+    from vnmini.checkpoint import load_checkpoint
+    from vnmini.generation import TorchGenerator
+
+    folder = Path(folder)
+    ckpt = load_checkpoint(checkpoint, dtype=torch.float32) if isinstance(checkpoint, str | Path) else checkpoint
+    model = ckpt.model.float().eval()
+    tok = ckpt.tokenizer
+    cfg = model.config
+    meta = read_meta(folder)
+    variant = meta.get("quant", "none") if meta.get("quant", "none") != "none" else meta.get("dtype", "fp32")
+    gen = ONNXGenerator(folder, threads=threads)
+    ctx = min(cfg.max_position_embeddings, gen.context_length)
+    prompt_len = min(prompt_len, max(1, ctx // 4))
+    decode_steps = min(decode_steps, ctx - prompt_len - 1)
+
+    # ---- parity: prefill + cached steps vs an uncached torch forward
+    ids = _text_ids(tok, text, prompt_len + decode_steps, cfg.vocab_size, seed)
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids]))[0].numpy()
+    gen.reset()
+    pre = gen.step(ids[:prompt_len])
+    dec = np.stack([gen.step([i])[0] for i in ids[prompt_len:]]) if decode_steps > 0 else pre[:0]
+    parity = {
+        "prefill_tokens": prompt_len,
+        "decode_steps": decode_steps,
+        "prefill_max_rel_err": max_relative_error(pre, ref[:prompt_len]),
+        "decode_max_rel_err": max_relative_error(dec, ref[prompt_len:]) if decode_steps else 0.0,
+        "max_abs_err": float(np.abs(np.concatenate([pre, dec]) - ref).max()),
+        "finite": bool(np.isfinite(pre).all() and np.isfinite(dec).all()),
+    }
+
+    # ---- greedy generation, token for token
+    prompt = ids[:prompt_len]
+    tgen = TorchGenerator(model, tok)
+    t_ids = [ev.id for ev in tgen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
+    o_ids = [ev.id for ev in gen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
+    first_diff = next((i for i, (a, b) in enumerate(zip(t_ids, o_ids, strict=False)) if a != b),
+                      None if len(t_ids) == len(o_ids) else min(len(t_ids), len(o_ids)))
+    greedy = {"tokens": len(t_ids), "equal": t_ids == o_ids, "first_difference": first_diff}
+
+    # ---- quality on held-out text
+    q_ids = _text_ids(tok, text, min(quality_tokens, ctx), cfg.vocab_size, seed + 1)
+    with torch.inference_mode():
+        t_logits = model(torch.tensor([q_ids]))[0].double().numpy()
+    o_logits = gen.logits(q_ids).astype(np.float64)
+    quality: dict[str, Any] = {
+        "tokens": len(q_ids),
+        "top1_agreement": top1_agreement(o_logits[:-1], t_logits[:-1]),
+        "kl_torch_onnx": kl_divergence(t_logits[:-1], o_logits[:-1]),
+    }
+    if tok is not None:
+        tb = tok.token_bytes
+        targets = np.asarray(q_ids[1:])
+        nll_t, nbytes = nll_and_bytes(t_logits[:-1], targets, tb)
+        nll_o, _ = nll_and_bytes(o_logits[:-1], targets, tb)
+        quality.update({"bytes": nbytes, "bpb_torch": bits_per_byte(nll_t, nbytes),
+                        "bpb_onnx": bits_per_byte(nll_o, nbytes)})
+        quality["delta_bpb"] = quality["bpb_onnx"] - quality["bpb_torch"]
+
+    checks: dict[str, bool] = {"finite": parity["finite"] and bool(np.isfinite(o_logits).all())}
+    if variant == "fp32":
+        checks["prefill_max_rel_err<=1e-4"] = parity["prefill_max_rel_err"] <= FP32_MAX_REL_ERR
+        checks["decode_max_rel_err<=1e-4"] = parity["decode_max_rel_err"] <= FP32_MAX_REL_ERR
+        checks["greedy_equal"] = greedy["equal"]
+    else:
+        checks[f"kl<={QUANT_MAX_KL}"] = math.isfinite(quality["kl_torch_onnx"]) and quality["kl_torch_onnx"] <= QUANT_MAX_KL
+    passed = all(checks.values())
+    failed = [k for k, v in checks.items() if not v]
+    summary = (f"{variant}: prefill rel err {parity['prefill_max_rel_err']:.2e}, decode rel err "
+               f"{parity['decode_max_rel_err']:.2e}, greedy {'equal' if greedy['equal'] else 'differs'}, "
+               f"top-1 {quality['top1_agreement']:.3f}, KL {quality['kl_torch_onnx']:.2e}"
+               + (f", Δbpb {quality['delta_bpb']:+.4f}" if "delta_bpb" in quality else "")
+               + ("" if passed else f"; FAILED: {', '.join(failed)}"))
+    return {"variant": variant, "passed": passed, "checks": checks, "summary": summary, "parity": parity,
+            "greedy": greedy, "quality": quality, "providers": gen.providers}
+
+
+def write_report(folder: str | Path, report: dict[str, Any]) -> None:
+    """``verify.json`` and a human-readable ``verify.md`` beside the model."""
+    folder = Path(folder)
+    write_json(folder / "verify.json", report)
+    p, g, q = report["parity"], report["greedy"], report["quality"]
+    lines = [
+        f"# ONNX verification: {report['variant']} — {'PASSED' if report['passed'] else 'FAILED'}",
+        "",
+        "Oracle: the torch model in fp32, full forward without cache, same token ids.",
+        "",
+        "| check | value |",
+        "|---|---|",
+        f"| prefill max rel err ({p['prefill_tokens']} tokens) | {p['prefill_max_rel_err']:.3e} |",
+        f"| decode max rel err ({p['decode_steps']} cached steps) | {p['decode_max_rel_err']:.3e} |",
+        f"| max abs err | {p['max_abs_err']:.3e} |",
+        f"| greedy tokens equal ({g['tokens']} torch tokens) | {g['equal']} |",
+        f"| top-1 agreement ({q['tokens']} held-out tokens) | {q['top1_agreement']:.4f} |",
+        f"| mean KL(torch ‖ onnx), nats | {q['kl_torch_onnx']:.3e} |",
+    ]
+    if "bpb_torch" in q:
+        lines += [f"| bits/byte torch → onnx ({q['bytes']} bytes) | {q['bpb_torch']:.4f} → {q['bpb_onnx']:.4f} "
+                  f"(Δ {q['delta_bpb']:+.4f}) |"]
+    lines += ["", "Checks: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in report["checks"].items()), ""]
+    write_text(folder / "verify.md", "\n".join(lines))
