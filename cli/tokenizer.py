@@ -32,7 +32,7 @@ def train(
     st = CorpusStats()
     tok = train_tokenizer([str(p) for p in paths], vocab_size, pre, field=field, column=column, doc_sep=doc_sep,
                           tone_style=tone_style, seed_weight=seed_weight, min_frequency=min_frequency,
-                          show_progress=True, stats=st)  # fmt: skip
+                          show_progress=True, is_text=False, stats=st)  # fmt: skip
     tok.save(out)
     typer.echo(st.summary())
     typer.echo(f"wrote {out} (vocab {tok.vocab_size:,}, pre {tok.pre_tokenizer_name}, hash {tok.hash})")

@@ -18,7 +18,8 @@ points longer than the NFC one and splits into 2-3x the tokens.
 2. unifies whitespace: CR/LF and Unicode line separators become ``\\n``, exotic
    spaces (NBSP, em space, ideographic space...) become ``" "``, trailing spaces
    at line ends go, 3+ newlines become one blank line;
-3. Unicode NFC (composes "base letter + combining tone" input);
+3. Unicode NFC (composes "base letter + combining tone" input; a tone typed
+   before the hat/breve/horn is moved after it first, or NFC would not compose);
 4. one tone-mark placement for open ``oa``/``oe``/``uy`` syllables: ``"new"``
    (default, the majority on today's web) writes ``hòa khỏe thủy``, ``"old"``
    writes ``hoà khoẻ thuỷ``. ``quý``/``qua`` (``qu`` is the onset) and closed
@@ -56,6 +57,10 @@ _DROP_TABLE = {ord(c): None for c in _ZERO_WIDTH + _CONTROLS}
 _LINE_BREAKS = re.compile("\r\n|[\r\u0085\u2028\u2029\x0b\x0c]")
 _SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING = re.compile("[ \t]+(?=\n)")
+# Some keyboards emit the tone before the hat/breve/horn ("a" + acute + circumflex). Both marks
+# have combining class 230, so NFC keeps that order and never composes "ấ": swap them first.
+_LETTER_MARKS = "\u0302\u0306\u031b"
+_TONE_BEFORE_MARK = re.compile("([\u0300\u0301\u0303\u0309\u0323]+)([\u0302\u0306\u031b]+)")
 _BLANK_RUNS = re.compile("\n{3,}")
 
 
@@ -137,6 +142,8 @@ def normalize(text: str, tone_style: str = "new") -> str:
     text = _SPACES.sub(" ", text)
     text = _TRAILING.sub("", text)
     text = _BLANK_RUNS.sub("\n\n", text)
+    if any(c in text for c in _LETTER_MARKS):
+        text = _TONE_BEFORE_MARK.sub(r"\2\1", unicodedata.normalize("NFD", text))
     text = unicodedata.normalize("NFC", text)
     first = tone_style == "new"
     return _OPEN_PAIR.sub(lambda m: _fix_open_pair(m, first), text)

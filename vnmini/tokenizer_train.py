@@ -48,7 +48,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from vnmini.corpus import CorpusStats, read_documents
+from vnmini.corpus import ALL_SUFFIXES, CorpusStats, read_documents
 from vnmini.errors import VnminiError
 from vnmini.text import count_syllables, generate_syllables, normalize, parse_syllable, syllables
 from vnmini.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, UNICODE_TO_BYTE, VnTokenizer
@@ -136,7 +136,11 @@ def seed_texts(prior: SyllablePrior, weight: float, style: str = "new") -> Itera
 def _is_path_like(item: str | Path) -> bool:
     if isinstance(item, Path):
         return True
-    return "\n" not in item and len(item) < 4096 and (os.path.exists(item) or any(c in item for c in "*?["))
+    if "\n" in item or len(item) > 4096:
+        return False
+    # Existing files, globs, and strings that look like paths (so a typo gives "no such file", not a 1-line corpus).
+    looks_like_path = not any(c.isspace() for c in item) and ("/" in item or os.sep in item or item.endswith(ALL_SUFFIXES))
+    return os.path.exists(item) or any(c in item for c in "*?[") or looks_like_path
 
 
 def train_tokenizer(
