@@ -1,0 +1,250 @@
+"""Proving a GGUF export right, with llama-cpp-python as the oracle.
+
+    report = verify_gguf("model.gguf", ckpt, quant="q8_0")   # ckpt: a loaded Checkpoint
+    write_report(report, "model.gguf")  # model.verify.md + model.verify.json beside the file
+
+Four checks, each against what torch and our tokenizer do on the same input:
+
+1. **Tokenization** — llama.cpp tokenizes normalized Vietnamese (the held-out
+   text, line by line, plus a probe with digits, punctuation, newlines, runs of
+   spaces, tabs, emoji and special-token strings) into exactly our ids.
+2. **Logits** — llama.cpp logits (f32 KV cache: ``type_k=type_v=0``; the
+   default f16 cache alone costs ~1e-3) vs torch on the same ids. Relative
+   error = max |Δ| / max |torch logit|; required ≤ 1e-3 for f32. For the other
+   types: top-1 agreement and mean KL(torch ‖ gguf) per position (nats).
+3. **Quality** — bits per byte on the held-out text for torch and the GGUF
+   (targets: q8_0 Δbpb ≤ 1 %, q4_k_m ≤ 6 %; reported, not enforced).
+4. **Chat** — llama-cpp-python's chat completion, using the template embedded
+   in the file, builds the same prompt ids as our chat template.
+
+``passed`` is true when 1, 4 and (for f32) 2 hold. Text longer than the
+context is scored in windows that overlap by one token, so every token after
+the first is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vnmini.atomic import write_json, write_text
+from vnmini.backend_gguf import open_llama
+from vnmini.errors import VnminiError
+from vnmini.metrics import bits_per_byte, kl_divergence, max_relative_error, nll_and_bytes, top1_agreement
+
+F32_MAX_REL_ERR = 1e-3
+DBPB_TARGETS = {"q8_0": 0.01, "q4_k_m": 0.06}
+
+PROBE = (
+    "Điều 12, khoản 3: phạt 1.500.000 đồng (≈ 60 USD)! Năm 2024-01-31, lãi 3,14%.\n"
+    "Dòng mới   ba dấu cách,\tmột tab; “ngoặc kép” và 'đơn'… #thẻ @người_dùng A.B.C\n\n"
+    "Emoji: 🐱👍🏽🇻🇳 ✅ — hết.\n"
+    "<s><|im_start|>user\nXin chào<|im_end|>\n</s><pad> x<|im_end|>y\n"
+    "HOÀ BÌNH hoà thuỷ khoẻ  QUÝ   khách\n"
+)
+
+CHAT_PROBE = [
+    {"role": "system", "content": "Bạn là trợ lý pháp luật, trả lời ngắn gọn."},
+    {"role": "user", "content": "Xin chào! Điều 1 của Bộ luật Dân sự nói gì? 😀"},
+    {"role": "assistant", "content": "Điều 1 quy định phạm vi điều chỉnh.\nBạn cần gì thêm?"},
+    {"role": "user", "content": "Cảm ơn   bạn, hoà thuận nhé."},
+]
+
+
+def default_text() -> str:
+    """The bundled held-out Vietnamese sample (not part of the default training corpus)."""
+    return (Path(__file__).resolve().parents[1] / "vnmini" / "data" / "vi_sample.txt").read_text(encoding="utf-8")
+
+
+def _read_text(text: str | Path | None) -> str:
+    if text is None:
+        return default_text()
+    if isinstance(text, Path):
+        try:
+            return text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise VnminiError(f"{text}: cannot read it as UTF-8 text ({e}); pass a .txt file.") from e
+    return text
+
+
+# ------------------------------------------------------------------ metrics
+def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Max relative error, top-1 agreement and mean KL(ref ‖ got) in nats (float64 math)."""
+    return {
+        "max_rel_err": max_relative_error(got, ref),
+        "top1_agreement": top1_agreement(ref, got),
+        "kl_mean": kl_divergence(ref, got),
+    }
+
+
+def windows(n: int, length: int) -> list[tuple[int, int]]:
+    """[start, end) windows of ``length`` over n tokens, overlapping by one (each target once)."""
+    out, start = [], 0
+    while start < n - 1:
+        end = min(start + length, n)
+        out.append((start, end))
+        start = end - 1
+    return out
+
+
+# -------------------------------------------------------------- llama.cpp
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] of one fresh pass (cache reset)."""
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _first_diff(a: list[int], b: list[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def check_tokenization(llm, tok, samples: list[str]) -> dict[str, Any]:
+    """Normalized samples tokenized by llama.cpp (special tokens parsed) vs our tokenizer."""
+    mismatches = []
+    n_ids = 0
+    for s in samples:
+        norm = tok.normalize(s)
+        ours = tok.encode(norm)
+        theirs = llm.tokenize(norm.encode("utf-8"), add_bos=False, special=True)
+        n_ids += len(ours)
+        if ours != theirs:
+            i = _first_diff(ours, theirs)
+            mismatches.append({"text": norm[:80], "at": i, "ours": ours[max(0, i - 2): i + 5],
+                               "llama_cpp": theirs[max(0, i - 2): i + 5]})
+    with_bos = llm.tokenize(b"x", add_bos=True, special=True)[0] == tok.bos_id
+    return {"samples": len(samples), "ids": n_ids, "equal": not mismatches and with_bos,
+            "adds_bos": with_bos, "mismatches": mismatches[:5]}
+
+
+def check_chat(llm, tok, messages: list[dict] = CHAT_PROBE) -> dict[str, Any]:
+    """Prompt ids of llama-cpp-python's chat completion (embedded template) vs ours."""
+    norm = [{"role": m["role"], "content": tok.normalize(m["content"])} for m in messages]
+    ours = tok.encode_chat(norm, add_generation_prompt=True)
+    seen: list[list[int]] = []
+    real = llm.create_completion
+
+    def spy(prompt, *a, **kw):  # the chat handler renders + tokenizes, then calls this
+        seen.append(list(prompt) if not isinstance(prompt, str | bytes) else [])
+        return real(prompt, *a, **kw)
+
+    llm.create_completion = spy
+    try:
+        llm.reset()
+        llm.create_chat_completion(messages=norm, max_tokens=1, temperature=0.0)
+    finally:
+        del llm.create_completion
+    theirs = seen[0] if seen else []
+    return {"chat_format": llm.chat_format, "equal": ours == theirs, "prompt_tokens": len(ours),
+            "first_diff": None if ours == theirs else _first_diff(ours, theirs)}
+
+
+# ------------------------------------------------------------------ verify
+def verify_gguf(
+    path: str | Path,
+    ckpt,
+    quant: str,
+    text: str | Path | None = None,
+    threads: int | None = None,
+    max_tokens: int = 4096,
+) -> dict[str, Any]:
+    """Run all four checks on ``path`` against ``ckpt`` (a loaded Checkpoint). Returns the report dict."""
+    path = Path(path)
+    tok, model, cfg = ckpt.tokenizer, ckpt.model.float().eval(), ckpt.config
+    body = tok.normalize(_read_text(text))
+    if not body.strip():
+        raise VnminiError("--verify-text is empty; give some Vietnamese text.")
+    n_ctx = cfg.max_position_embeddings
+    llm = open_llama(path, n_ctx=n_ctx, threads=threads)
+    try:
+        lines = [ln for ln in body.split("\n") if ln.strip()]
+        tokenization = check_tokenization(llm, tok, [PROBE, body, *lines])
+
+        ids = tok.encode(body, add_bos=True)[:max_tokens]
+        ref_parts, got_parts, tgt_ids = [], [], []
+        for s, e in windows(len(ids), n_ctx):
+            seg = ids[s:e]
+            with torch.inference_mode():
+                ref = model(torch.tensor([seg]))[0].float().numpy()
+            ref_parts.append(ref)
+            got_parts.append(llama_logits(llm, seg))
+            tgt_ids.append(np.asarray(seg))
+        cmp = [compare_logits(r, g) for r, g in zip(ref_parts, got_parts, strict=True)]
+        weights = np.array([len(r) for r in ref_parts], dtype=np.float64)
+        logits = {
+            "positions": int(weights.sum()),
+            "max_rel_err": max(c["max_rel_err"] for c in cmp),
+            "top1_agreement": float(np.average([c["top1_agreement"] for c in cmp], weights=weights)),
+            "kl_mean": float(np.average([c["kl_mean"] for c in cmp], weights=weights)),
+        }
+        logits["threshold"] = F32_MAX_REL_ERR if quant == "f32" else None
+        logits["ok"] = logits["max_rel_err"] <= F32_MAX_REL_ERR if quant == "f32" else None
+
+        tb = tok.token_bytes
+        if len(tb) < cfg.vocab_size:
+            tb = np.concatenate([tb, np.zeros(cfg.vocab_size - len(tb), dtype=tb.dtype)])
+        nats_t = nats_g = 0.0
+        nbytes = 0
+        for r, g, seg in zip(ref_parts, got_parts, tgt_ids, strict=True):
+            nt, nb = nll_and_bytes(r[:-1], seg[1:], tb)  # logits[t] predicts seg[t+1]
+            ng, _ = nll_and_bytes(g[:-1], seg[1:], tb)
+            nats_t, nats_g, nbytes = nats_t + nt, nats_g + ng, nbytes + nb
+        bpb_t, bpb_g = bits_per_byte(nats_t, nbytes), bits_per_byte(nats_g, nbytes)
+        target = DBPB_TARGETS.get(quant)
+        rel = (bpb_g - bpb_t) / bpb_t
+        quality = {"bytes": nbytes, "tokens": len(ids) - 1, "bpb_torch": bpb_t, "bpb_gguf": bpb_g,
+                   "dbpb_rel": rel, "target": target, "target_met": None if target is None else rel <= target}
+
+        chat = check_chat(llm, tok)
+    finally:
+        llm.close()
+    passed = tokenization["equal"] and chat["equal"] and logits["ok"] is not False
+    return {"file": str(path), "quant": quant, "passed": bool(passed), "tokenization": tokenization,
+            "logits": logits, "quality": quality, "chat": chat}
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    t, lg, q, c = r["tokenization"], r["logits"], r["quality"], r["chat"]
+    ex = r.get("export", {})
+    ok = lambda b: "—" if b is None else ("✅" if b else "❌")  # noqa: E731
+    thr = f" (≤ {lg['threshold']:.0e})" if lg["threshold"] else ""
+    tgt = f", target ≤ {100 * q['target']:.0f} %" if q["target"] else ""
+    lines = [
+        f"# GGUF verification: `{Path(r['file']).name}` ({r['quant']})",
+        "",
+        f"**{'PASSED' if r['passed'] else 'FAILED'}** — oracle: llama-cpp-python, reference: torch (f32).",
+        "",
+        "| check | result | |",
+        "|---|---|---|",
+        f"| tokenization | {t['samples']} samples, {t['ids']} ids, BOS added: {t['adds_bos']} | {ok(t['equal'])} |",
+        f"| logits max rel. error | {lg['max_rel_err']:.2e} over {lg['positions']} positions{thr} | {ok(lg['ok'])} |",
+        f"| top-1 agreement | {lg['top1_agreement']:.4f} | |",
+        f"| KL(torch‖gguf) mean | {lg['kl_mean']:.2e} nats/position | |",
+        f"| bits per byte torch → gguf | {q['bpb_torch']:.4f} → {q['bpb_gguf']:.4f} "
+        f"(Δ {100 * q['dbpb_rel']:+.3f} %{tgt}) on {q['bytes']} bytes | {ok(q['target_met'])} |",
+        f"| chat prompt ids ({c['chat_format']}) | {c['prompt_tokens']} ids | {ok(c['equal'])} |",
+    ]
+    if ex:
+        lines += ["", f"File: {ex['size_bytes']:,} bytes; tensor types: "
+                  + ", ".join(f"{k} × {v}" for k, v in sorted(ex["tensor_types"].items()))
+                  + f"; Q8_0/Q4_0 blocks by {ex['block_quantizer']}."]
+        if ex["fallbacks"]:
+            lines += ["", "Fallbacks (rows too narrow for the type):", ""] + [f"- {f}" for f in ex["fallbacks"]]
+    if t["mismatches"]:
+        lines += ["", "Tokenization mismatches:", ""] + [f"- `{m}`" for m in t["mismatches"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], gguf_path: str | Path) -> list[Path]:
+    """``<stem>.verify.md`` and ``<stem>.verify.json`` beside the GGUF (atomic)."""
+    p = Path(gguf_path)
+    md, js = p.with_suffix(".verify.md"), p.with_suffix(".verify.json")
+    write_text(md, report_markdown(report))
+    write_json(js, report)
+    return [md, js]

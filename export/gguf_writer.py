@@ -1,0 +1,365 @@
+"""``to_gguf``: a vnmini checkpoint → one llama.cpp GGUF file, quantized and verified.
+
+    from vnmini.export import to_gguf
+    res = to_gguf("runs/quickstart/chat", "chat-q4_k_m.gguf", quant="q4_k_m")
+    res.size_bytes, res.tensor_types, res.fallbacks, res.verify["passed"]
+
+CLI: ``vnmini export gguf CKPT -o model.gguf --quant q8_0``.
+
+The file is written with the ``gguf`` package (llama.cpp's own writer), arch
+``llama``, tensor names and Q/K row order as llama.cpp's
+``convert_hf_to_gguf.py`` produces them, norms in f32, and the tokenizer +
+chat template inside (:mod:`vnmini.export.gguf_tokenizer`).
+
+Quant types:
+
+- ``f32``, ``f16``, ``bf16``: every matrix in that type.
+- ``q8_0``: every matrix in Q8_0.
+- ``q4_0``: every matrix in Q4_0 except the output head (``output``, or
+  ``token_embd`` when tied), which is kept in Q8_0 — llama.cpp's quantizer also
+  gives the head more bits (Q6_K) because it is the most sensitive matrix.
+- ``q4_k_m``, ``q5_k_m``, ``q6_k``: an f32 GGUF goes through llama.cpp's own
+  quantizer (``llama_cpp.llama_model_quantize``), which chooses the per-tensor
+  mix and its own fallbacks for rows not a multiple of 256.
+
+Q8_0/Q4_0 blocks cover 32 values of a row; a matrix whose rows are not a
+multiple of 32 is written in f16 instead (what llama.cpp's converter does on
+``QuantError``) and listed in ``fallbacks``. Everything is written to a temp
+file beside the output and renamed at the end, so a failure never leaves a
+half file; an existing output is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from vnmini.atomic import atomic_path
+from vnmini.errors import VnminiError
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# quant name -> (GGUF file type, type of 2-D tensors) for the types we write ourselves.
+DIRECT_QUANTS: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
+    "f32": (FT.ALL_F32, Q.F32),
+    "f16": (FT.MOSTLY_F16, Q.F16),
+    "bf16": (FT.MOSTLY_BF16, Q.BF16),
+    "q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
+    "q4_0": (FT.MOSTLY_Q4_0, Q.Q4_0),
+}
+# quant name -> llama.cpp ftype name (llama_cpp.LLAMA_FTYPE_*) for llama.cpp's quantizer.
+K_QUANTS: dict[str, str] = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+GGUF_QUANTS: tuple[str, ...] = (*DIRECT_QUANTS, *K_QUANTS)
+_BLOCK_QUANTS = (Q.Q8_0, Q.Q4_0)
+
+
+@dataclass
+class GGUFExport:
+    """What :func:`to_gguf` wrote."""
+
+    path: Path
+    quant: str
+    size_bytes: int
+    tensor_types: dict[str, int]               # GGML type name -> number of tensors
+    fallbacks: list[str] = field(default_factory=list)  # "blk.0.attn_q.weight: f16 (row 48 % 32 != 0)"
+    verify: dict[str, Any] | None = None       # the verification report (None with verify=False)
+    report_paths: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------- quantizers
+def quantizer_name() -> str:
+    """Which block quantizer :func:`quantize_blocks` uses (recorded in reports)."""
+    try:
+        from vnmini.kernels import quantize_q4_0, quantize_q8_0  # noqa: F401
+    except ImportError:
+        return "gguf.quants"
+    return "vnmini.kernels (Numba)"
+
+
+def quantize_blocks(w: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Q8_0/Q4_0 blocks (uint8 [rows, bytes_per_row]) of an f32 matrix, bit-exact with gguf.quants.
+
+    Uses the Numba kernels when ``vnmini.kernels`` provides them, else
+    ``gguf.quants.quantize`` (the reference); tests check the result is
+    identical to the reference either way.
+    """
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    try:
+        from vnmini.kernels import quantize_q4_0, quantize_q8_0
+    except ImportError:
+        return gguf.quants.quantize(w, qtype)
+    fn = {Q.Q8_0: quantize_q8_0, Q.Q4_0: quantize_q4_0}[qtype]
+    return np.asarray(fn(w), dtype=np.uint8).reshape(w.shape[0], -1)
+
+
+def _encode(w: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == Q.F32:
+        return w.astype(np.float32, copy=False)
+    if qtype == Q.F16:
+        return w.astype(np.float16)
+    if qtype == Q.BF16:
+        return gguf.quants.quantize(w, Q.BF16)
+    return quantize_blocks(w, qtype)
+
+
+# ----------------------------------------------------------------- helpers
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF rotary layout (halves) → llama.cpp's (interleaved pairs), per head.
+
+    Same as ``LlamaModel.permute`` in llama.cpp's convert_hf_to_gguf.py; works
+    for weights [n_head*head_dim, in] and biases [n_head*head_dim].
+    """
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape))
+
+
+def gguf_tensors(model) -> list[tuple[str, torch.Tensor, bool]]:
+    """(GGUF name, f32 tensor, is_output_head) in llama.cpp's order and layout."""
+    cfg = model.config
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out: list[tuple[str, torch.Tensor, bool]] = [
+        ("token_embd.weight", sd["model.embed_tokens.weight"], cfg.tie_word_embeddings)]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        b = f"blk.{i}."
+        out.append((b + "attn_norm.weight", sd[p + "input_layernorm.weight"], False))
+        for src, dst in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
+            for kind in ("weight", "bias"):
+                t = sd.get(f"{p}self_attn.{src}_proj.{kind}")
+                if t is None:
+                    continue
+                if src == "q":
+                    t = permute_qk(t, cfg.num_attention_heads)
+                elif src == "k":
+                    t = permute_qk(t, cfg.num_key_value_heads)
+                out.append((f"{b}{dst}.{kind}", t, False))
+        out.append((b + "ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], False))
+        for src, dst in (("gate", "ffn_gate"), ("up", "ffn_up"), ("down", "ffn_down")):
+            out.append((f"{b}{dst}.weight", sd[f"{p}mlp.{src}_proj.weight"], False))
+    out.append(("output_norm.weight", sd["model.norm.weight"], False))
+    if not cfg.tie_word_embeddings:
+        out.append(("output.weight", sd["lm_head.weight"], True))
+    return out
+
+
+def tensor_type(name: str, shape: tuple[int, ...], quant: str, is_head: bool) -> tuple[gguf.GGMLQuantizationType, str | None]:
+    """The GGML type a tensor gets under a direct quant, and why it fell back (or None)."""
+    if len(shape) == 1:
+        return Q.F32, None  # norms and biases: tiny, and precision-critical
+    want = DIRECT_QUANTS[quant][1]
+    if quant == "q4_0" and is_head:
+        want = Q.Q8_0
+    if want in _BLOCK_QUANTS and shape[-1] % 32:
+        return Q.F16, f"{name}: f16 (row width {shape[-1]} is not a multiple of 32, needed by {want.name.lower()})"
+    return want, None
+
+
+def _check_output(output: Path, force: bool) -> Path:
+    output = Path(output)
+    if output.suffix != ".gguf":
+        raise VnminiError(f"{output}: the output must end in .gguf (e.g. -o model-{'q8_0'}.gguf).")
+    if output.is_dir():
+        raise VnminiError(f"{output}: is a folder; give a file name such as {output / 'model.gguf'}.")
+    if output.exists() and not force:
+        raise VnminiError(f"{output}: already exists; pass --force (force=True) to overwrite it.")
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VnminiError(f"{output}: cannot create the folder {parent} ({e.strerror}); choose another -o.") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VnminiError(f"{output}: the folder {parent} is not writable; choose another -o.")
+    return output
+
+
+def _load(checkpoint) -> Any:
+    from vnmini.checkpoint import Checkpoint, load_checkpoint
+
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+        if ckpt.tokenizer is None:
+            raise VnminiError(f"{ckpt.path}: has no tokenizer.json; a GGUF needs the tokenizer inside — "
+                              "save the checkpoint with its tokenizer.")
+    else:
+        path = Path(checkpoint)
+        if path.is_file() and path.suffix == ".gguf":
+            raise VnminiError(f"{path}: is already a GGUF; export from the checkpoint folder it came from.")
+        ckpt = load_checkpoint(path, dtype=torch.float32, require_tokenizer=True)
+    cfg = ckpt.config
+    if cfg.model_type != "llama":
+        raise VnminiError(f"{ckpt.path}: architecture {cfg.model_type!r} is not exported to GGUF; "
+                          "vnmini writes Llama checkpoints (model_type 'llama').")
+    if ckpt.tokenizer.vocab_size > cfg.vocab_size:
+        raise VnminiError(f"{ckpt.path}: tokenizer has {ckpt.tokenizer.vocab_size} tokens but vocab_size is "
+                          f"{cfg.vocab_size}; the tokenizer does not belong to this model.")
+    return ckpt
+
+
+def _size_label(n: int) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}".replace(".0", "")
+    return str(n)
+
+
+# ------------------------------------------------------------------- write
+def write_gguf(ckpt, path: Path, quant: str, name: str | None = None, license: str | None = None,
+               progress: bool = False) -> list[str]:
+    """Write ``ckpt`` to ``path`` (no temp/rename here) in a direct quant. Returns the fallbacks."""
+    from rich.progress import Progress
+    from vnmini.export.gguf_tokenizer import add_tokenizer_metadata
+
+    from vnmini import __version__
+
+    cfg, model, tok, prov = ckpt.config, ckpt.model, ckpt.tokenizer, ckpt.provenance or {}
+    ftype = DIRECT_QUANTS[quant][0]
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name or prov.get("name") or Path(ckpt.path).name)
+    w.add_license(license or prov.get("license") or "mit")
+    w.add_size_label(_size_label(model.num_parameters()))
+    w.add_description(f"Vietnamese small language model made with vnmini {__version__}")
+    w.add_quantized_by(f"vnmini {__version__}")
+    w.add_languages(["vi"])
+    w.add_string("vnmini.version", __version__)
+    w.add_string("vnmini.provenance", json.dumps(prov, ensure_ascii=False, default=str))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_theta))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_file_type(ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tokenizer_metadata(w, tok, cfg.vocab_size)
+
+    fallbacks: list[str] = []
+    tensors = gguf_tensors(model)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"writing {quant}", total=len(tensors))
+        for tname, t, is_head in tensors:
+            arr = t.numpy()
+            qtype, why = tensor_type(tname, arr.shape, quant, is_head)
+            if why:
+                fallbacks.append(why)
+            data = _encode(arr, qtype)
+            w.add_tensor(tname, data, raw_dtype=qtype if qtype not in (Q.F32, Q.F16) else None)
+            bar.advance(task)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+    return fallbacks
+
+
+def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
+    """Run llama.cpp's quantizer ``src`` → ``dst`` for a K-quant; one-line error on failure."""
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    set_verbose(False)  # llama.cpp's per-tensor log lines go nowhere unless they are errors
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[quant])
+    params.nthread = int(threads or 0)
+    # llama.cpp prints per-tensor fallback warnings straight to stderr; the
+    # fallbacks are read back from the file and reported instead.
+    with suppress_stdout_stderr(disable=False):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise VnminiError(f"{dst.name}: llama.cpp's quantizer failed for {quant} (code {rc}); the model's "
+                          "widths may not fit this type — use q8_0/f16, or widths that are multiples of 256.")
+
+
+def tensor_types(path: str | Path) -> dict[str, str]:
+    """GGUF tensor name -> GGML type name (lowercase)."""
+    r = gguf.GGUFReader(str(path))
+    return {t.name: t.tensor_type.name.lower() for t in r.tensors}
+
+
+def _kquant_fallbacks(types: dict[str, str]) -> list[str]:
+    """Matrices llama.cpp could not give a K-quant (rows not a multiple of 256)."""
+    return [f"{name}: {ty} (llama.cpp's fallback; K-quants need rows that are a multiple of 256)"
+            for name, ty in types.items()
+            if name.endswith(".weight") and "norm" not in name and "_k" not in ty]
+
+
+def to_gguf(
+    checkpoint: str | Path | Any,
+    output: str | Path,
+    quant: str = "q8_0",
+    *,
+    force: bool = False,
+    verify: bool = True,
+    verify_text: str | Path | None = None,
+    name: str | None = None,
+    license: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> GGUFExport:
+    """Export a checkpoint folder (or a loaded :class:`vnmini.checkpoint.Checkpoint`) to GGUF.
+
+    ``quant`` is one of :data:`GGUF_QUANTS`. With ``verify`` (default) the file
+    is checked against torch through llama-cpp-python and a report
+    ``<output stem>.verify.md`` / ``.verify.json`` is written beside it;
+    ``verify_text`` (a string or a text file) is the held-out text for bits per
+    byte (default: vnmini's bundled Vietnamese sample).
+    """
+    quant = quant.lower()
+    if quant not in GGUF_QUANTS:
+        raise VnminiError(f"--quant {quant!r} is unknown; choose one of {', '.join(GGUF_QUANTS)}.")
+    output = _check_output(Path(output), force)
+    if verify_text is not None and not isinstance(verify_text, str) and not Path(verify_text).is_file():
+        raise VnminiError(f"{verify_text}: no such text file for --verify-text.")
+    ckpt = _load(checkpoint)
+    try:
+        with atomic_path(output) as tmp:
+            if quant in DIRECT_QUANTS:
+                fallbacks = write_gguf(ckpt, tmp, quant, name=name, license=license, progress=progress)
+            else:
+                fd, src = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".f32.tmp", dir=output.parent)
+                os.close(fd)
+                src = Path(src)
+                try:
+                    write_gguf(ckpt, src, "f32", name=name, license=license, progress=progress)
+                    llama_quantize(src, tmp, quant, threads)
+                finally:
+                    src.unlink(missing_ok=True)
+                fallbacks = _kquant_fallbacks(tensor_types(tmp))
+    except OSError as e:
+        raise VnminiError(f"{output}: could not be written ({e.strerror or e}); check the disk and the path.") from e
+    types = tensor_types(output)
+    result = GGUFExport(path=output, quant=quant, size_bytes=output.stat().st_size,
+                        tensor_types=dict(Counter(types.values())), fallbacks=fallbacks)
+    if verify:
+        from vnmini.export.gguf_verify import verify_gguf, write_report
+
+        report = verify_gguf(output, ckpt, quant=quant, text=verify_text, threads=threads)
+        report["export"] = {"quant": quant, "size_bytes": result.size_bytes, "tensor_types": result.tensor_types,
+                            "fallbacks": fallbacks, "block_quantizer": quantizer_name(),
+                            "checkpoint": str(ckpt.path)}
+        result.verify = report
+        result.report_paths = write_report(report, output)
+    return result
