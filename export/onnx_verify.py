@@ -64,7 +64,7 @@ def verify_onnx(
     text: str | None = None,
     prompt_len: int = 16,
     decode_steps: int = 32,
-    quality_tokens: int = 512,
+    quality_tokens: int = 1024,
     threads: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -112,21 +112,32 @@ def verify_onnx(
                       None if len(t_ids) == len(o_ids) else min(len(t_ids), len(o_ids)))
     greedy = {"tokens": len(t_ids), "equal": t_ids == o_ids, "first_difference": first_diff}
 
-    # ---- quality on held-out text
-    q_ids = _text_ids(tok, text, min(quality_tokens, ctx), cfg.vocab_size, seed + 1)
-    with torch.inference_mode():
-        t_logits = model(torch.tensor([q_ids]))[0].double().numpy()
-    o_logits = gen.logits(q_ids).astype(np.float64)
+    # ---- quality on held-out text (windows of at most the context length; no filler ids)
+    if tok is not None:
+        stream = tok.encode(text or DEFAULT_TEXT, add_bos=True)[:quality_tokens]
+    else:
+        stream = _text_ids(None, None, quality_tokens, cfg.vocab_size, seed + 1)
+    if len(stream) < 8:
+        stream = _text_ids(tok, text, 8, cfg.vocab_size, seed + 1)
+    t_rows, o_rows, targets = [], [], []
+    for s in range(0, len(stream) - 1, ctx):
+        win = stream[s:s + ctx + 1]  # ctx inputs predicting the next ctx ids
+        if len(win) < 2:
+            break
+        with torch.inference_mode():
+            t_rows.append(model(torch.tensor([win[:-1]]))[0].double().numpy())
+        o_rows.append(gen.logits(win[:-1]).astype(np.float64))
+        targets += win[1:]
+    t_logits, o_logits = np.concatenate(t_rows), np.concatenate(o_rows)
     quality: dict[str, Any] = {
-        "tokens": len(q_ids),
-        "top1_agreement": top1_agreement(o_logits[:-1], t_logits[:-1]),
-        "kl_torch_onnx": kl_divergence(t_logits[:-1], o_logits[:-1]),
+        "tokens": len(targets),
+        "top1_agreement": top1_agreement(o_logits, t_logits),
+        "kl_torch_onnx": kl_divergence(t_logits, o_logits),
     }
     if tok is not None:
         tb = tok.token_bytes
-        targets = np.asarray(q_ids[1:])
-        nll_t, nbytes = nll_and_bytes(t_logits[:-1], targets, tb)
-        nll_o, _ = nll_and_bytes(o_logits[:-1], targets, tb)
+        nll_t, nbytes = nll_and_bytes(t_logits, np.asarray(targets), tb)
+        nll_o, _ = nll_and_bytes(o_logits, np.asarray(targets), tb)
         quality.update({"bytes": nbytes, "bpb_torch": bits_per_byte(nll_t, nbytes),
                         "bpb_onnx": bits_per_byte(nll_o, nbytes)})
         quality["delta_bpb"] = quality["bpb_onnx"] - quality["bpb_torch"]

@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from vnmini.checkpoint import save_checkpoint
-from vnmini.errors import VnminiError
 from vnmini.export import to_onnx
 from vnmini.export.onnx_verify import verify_onnx
 from vnmini.models import LlamaForCausalLM, ModelConfig
+
+from vnmini.checkpoint import save_checkpoint
+from vnmini.errors import VnminiError
 
 SHAPES = {
     # GQA 6/2, untied head
