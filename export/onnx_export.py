@@ -212,7 +212,7 @@ def to_onnx(
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise VnminiError(f"{out_dir}: already exists; pass --force (force=True) to overwrite it, or choose another -o.")
     if engine == "genai":
-        return _to_onnx_genai(checkpoint, out_dir, dtype, quant, block_size)
+        return _to_onnx_genai(checkpoint, out_dir, dtype, quant, block_size, verify, verify_text)
     ckpt = load_checkpoint(checkpoint, dtype=torch.float32)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
@@ -254,7 +254,8 @@ def to_onnx(
     return out_dir
 
 
-def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, block_size: int) -> Path:
+def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, block_size: int,
+                   verify: bool, verify_text: str | None) -> Path:
     """ONNX Runtime GenAI's builder: fused GroupQueryAttention graph + genai_config.json."""
     import subprocess
     import sys
@@ -279,6 +280,13 @@ def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, bloc
         write_json(tmp / EXPORT_META, {"format": "onnxruntime-genai", "engine": "genai", "dtype": dtype,
                                        "quant": quant, "block_size": block_size if quant == "int4" else None,
                                        "source": str(checkpoint.resolve())})
+        if verify:  # our backend drives GenAI's graph too (same I/O names), so the same proof applies
+            from vnmini.export.onnx_verify import verify_onnx, write_report
+
+            report = verify_onnx(tmp, checkpoint, text=verify_text)
+            write_report(tmp, report)
+            if not report["passed"]:
+                raise VnminiError(f"{out_dir}: ONNX verification failed ({report['summary']}); nothing was written.")
     return out_dir
 
 

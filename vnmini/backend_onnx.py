@@ -104,7 +104,13 @@ class ONNXGenerator(Generator):
                               "export it with `vnmini export onnx`.")
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         first = inputs[self.past_names[0]]
-        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        # Static in our graphs; GenAI's builder leaves head_dim symbolic, so fall back to config.json.
+        heads = cfg.get("num_attention_heads", 1)
+        dims = {1: cfg.get("num_key_value_heads", heads), 3: cfg.get("head_dim") or cfg.get("hidden_size", 0) // heads}
+        self.kv_heads, self.head_dim = (int(first.shape[i]) if isinstance(first.shape[i], int) else int(dims[i])
+                                        for i in (1, 3))
+        if not self.head_dim:
+            raise VnminiError(f"{model_file}: past_key_values shapes are symbolic and config.json lacks head sizes.")
         self.kv_dtype = _NP_TYPES.get(first.type, np.float32)
         self.mask_dtype = _NP_TYPES.get(inputs["attention_mask"].type, np.int64) if "attention_mask" in inputs else None
         self.has_position_ids = "position_ids" in inputs
