@@ -161,7 +161,10 @@ def verify_gguf(
     if not body.strip():
         raise VnminiError("--verify-text is empty; give some Vietnamese text.")
     n_ctx = cfg.max_position_embeddings
-    llm = open_llama(path, n_ctx=n_ctx, threads=threads)
+    # llama.cpp's context may exceed the trained one (it only warns): room for the chat probe
+    # on tiny test models. Logit windows stay within n_ctx, where torch is defined.
+    chat_len = len(tok.encode_chat(CHAT_PROBE)) + 8
+    llm = open_llama(path, n_ctx=max(n_ctx, chat_len), threads=threads)
     try:
         lines = [ln for ln in body.split("\n") if ln.strip()]
         tokenization = check_tokenization(llm, tok, [PROBE, body, *lines])
