@@ -90,7 +90,9 @@ def speed(args, work: Path) -> str:
 
     cfg = preset("micro" if args.quick else "mini", vocab_size=16384)
     torch.manual_seed(0)
-    ckpt = save_checkpoint(LlamaForCausalLM(cfg), work / "speed-ckpt")
+    # A tokenizer in the folder: GenAI's builder requires one (speed runs feed ids directly).
+    tok = _train_bpe(_text()[0][:200_000], 1024)
+    ckpt = save_checkpoint(LlamaForCausalLM(cfg), work / "speed-ckpt", tokenizer=tok)
     variants: list[tuple[str, str, Path]] = [("torch (KV cache)", "torch", ckpt)]
     for q in ("none", "int8", "int4"):
         out = to_onnx(ckpt, work / f"speed-{q}", quant=q, block_size=32, verify=False, force=True)
@@ -139,22 +141,28 @@ def _text() -> tuple[str, str, str]:
         return t[:cut], t[cut:], "vnmini/data/vi_sample.txt (80/20 split)"
 
 
-def quality(args, work: Path) -> str:
+def _train_bpe(text: str, vocab: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(text.splitlines(), trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return VnTokenizer(bpe, pre_tokenizer_name="gpt-2")
+
+
+def quality(args, work: Path) -> str:
     from vnmini.export import to_onnx
     from vnmini.models import LlamaForCausalLM, ModelConfig
 
     from vnmini.checkpoint import save_checkpoint
-    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
 
     train_text, held_text, source = _text()
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(train_text.splitlines(), trainers.BpeTrainer(
-        vocab_size=2048, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    tok = VnTokenizer(bpe, pre_tokenizer_name="gpt-2")
+    tok = _train_bpe(train_text, 2048)
     data = torch.tensor(tok.encode(train_text, add_bos=True))
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4 if
                       args.quick else 8, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)

@@ -10,7 +10,12 @@ names Optimum and ONNX Runtime GenAI use, so their loaders (and ours,
 
 The first step feeds past tensors of length 0. The output folder also holds
 ``config.json``, ``generation_config.json``, the tokenizer files and
-``onnx_export.json`` (what was exported, how), so it opens on its own.
+``onnx_export.json`` (what was exported, how), so it opens on its own. It has
+what Optimum's ``ORTModelForCausalLM.from_pretrained(folder)`` looks for
+(``model.onnx``, a llama ``config.json``, ``position_ids``, ``.key``/``.value``
+past names, past shaped [b, kv_heads, 0, head_dim] on the first step) — read
+from optimum-onnx 0.1.0's source; that release does not import next to
+transformers 5.23, so it was not run here.
 
     from vnmini.export import to_onnx
     to_onnx("runs/tiny/final", "out/onnx-int8", quant="int8")     # + verify report
