@@ -92,19 +92,21 @@ def chat(
         if cmd.startswith("/") and " " not in cmd:
             typer.echo(f"unknown command {cmd}; /help lists them.")
             continue
-        try:
+        events = None
+        try:  # Ctrl-C anywhere from here to the end of the answer stops the answer only
             events = session.send(line)
-        except VnminiError as e:  # e.g. a message longer than the context: say so, keep chatting
-            typer.echo(f"error: {e}", err=True)
-            continue
-        if session.dropped_turns:
-            typer.echo(f"(dropped the {session.dropped_turns} oldest turn(s) to fit the {gen.context_length}-token context)")
-        try:
+            if session.dropped_turns:
+                typer.echo(f"(dropped the {session.dropped_turns} oldest turn(s) to fit the "
+                           f"{gen.context_length}-token context)")
             for ev in events:
                 sys.stdout.write(ev.text)
                 sys.stdout.flush()
+        except VnminiError as e:  # e.g. a message longer than the context: say so, keep chatting
+            typer.echo(f"error: {e}", err=True)
+            continue
         except KeyboardInterrupt:
-            events.close()
+            if events is not None:
+                events.close()
             typer.echo("\n(stopped)")
             continue
         typer.echo("")
