@@ -6,14 +6,21 @@ The public Python API (the CLI calls the same functions):
     gen = vnmini.load("runs/quickstart/chat")         # checkpoint, .gguf or ONNX folder
     print(gen.complete("Điều 1.", max_new_tokens=30))
     vnmini.normalize("hoà bình")                       # -> "hòa bình"
+    vnmini.train(data="shards/", preset="tiny", out="runs/tiny")            # pretrain (resumable)
+    vnmini.sft(data="sft.jsonl", init_from="runs/tiny/final", out="runs/chat")  # chat fine-tuning
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# train and sft are imported eagerly, not through a lazy module __getattr__: the functions
+# share their names with the submodules vnmini/train.py and vnmini/sft.py, and a lazy import
+# would leave the *module* bound as vnmini.train. torch is already loaded by vnmini.runtime.
 from vnmini.errors import VnminiError  # noqa: E402
 from vnmini.runtime import load  # noqa: E402
+from vnmini.sft import sft  # noqa: E402
 from vnmini.text import normalize  # noqa: E402
+from vnmini.train import train  # noqa: E402
 
-__all__ = ["__version__", "VnminiError", "load", "normalize"]
+__all__ = ["__version__", "VnminiError", "load", "normalize", "train", "sft"]
