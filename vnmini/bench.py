@@ -244,6 +244,7 @@ def bench(
     threads: int | None = None,
     bandwidth: bool = True,
     progress: bool = False,
+    bandwidth_mib: int = 512,
 ) -> dict[str, Any]:
     """Benchmark each model in its own process; returns rows, bandwidth and the markdown table.
 
@@ -260,7 +261,7 @@ def bench(
     from vnmini.evaluate import _progress
 
     with _progress(progress, "bench", len(models) + int(bandwidth)) as bar:
-        bw = measure_bandwidth(threads=threads) if bandwidth else None
+        bw = measure_bandwidth(bandwidth_mib, threads=threads) if bandwidth else None
         if bandwidth:
             bar.advance()
         for m in models:
