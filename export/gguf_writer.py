@@ -83,25 +83,18 @@ class GGUFExport:
 # --------------------------------------------------------------- quantizers
 def quantizer_name() -> str:
     """Which block quantizer :func:`quantize_blocks` uses (recorded in reports)."""
-    try:
-        from vnmini.kernels import quantize_q4_0, quantize_q8_0  # noqa: F401
-    except ImportError:
-        return "gguf.quants"
-    return "vnmini.kernels (Numba)"
+    return "vnmini.kernels"
 
 
 def quantize_blocks(w: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Q8_0/Q4_0 blocks (uint8 [rows, bytes_per_row]) of an f32 matrix, bit-exact with gguf.quants.
+    """Q8_0/Q4_0 blocks (uint8 [rows, bytes_per_row]) of an f32 matrix.
 
-    Uses the Numba kernels when ``vnmini.kernels`` provides them, else
-    ``gguf.quants.quantize`` (the reference); tests check the result is
-    identical to the reference either way.
+    vnmini's own block quantizers (``vnmini.kernels``); tests check them
+    bit-exact against ``gguf.quants.quantize``, llama.cpp's Python reference.
     """
+    from vnmini.kernels import quantize_q4_0, quantize_q8_0
+
     w = np.ascontiguousarray(w, dtype=np.float32)
-    try:
-        from vnmini.kernels import quantize_q4_0, quantize_q8_0
-    except ImportError:
-        return gguf.quants.quantize(w, qtype)
     fn = {Q.Q8_0: quantize_q8_0, Q.Q4_0: quantize_q4_0}[qtype]
     return np.asarray(fn(w), dtype=np.uint8).reshape(w.shape[0], -1)
 
