@@ -17,10 +17,14 @@ __version__ = "0.1.0"
 # train and sft are imported eagerly, not through a lazy module __getattr__: the functions
 # share their names with the submodules vnmini/train.py and vnmini/sft.py, and a lazy import
 # would leave the *module* bound as vnmini.train. torch is already loaded by vnmini.runtime.
+from vnmini.bench import bench  # noqa: E402
+from vnmini.chat_session import ChatSession  # noqa: E402
 from vnmini.errors import VnminiError  # noqa: E402
+from vnmini.evaluate import eval_mc, eval_text  # noqa: E402
 from vnmini.runtime import load  # noqa: E402
 from vnmini.sft import sft  # noqa: E402
 from vnmini.text import normalize  # noqa: E402
 from vnmini.train import train  # noqa: E402
 
-__all__ = ["__version__", "VnminiError", "load", "normalize", "train", "sft"]
+__all__ = ["__version__", "VnminiError", "load", "normalize", "train", "sft",
+           "eval_text", "eval_mc", "bench", "ChatSession"]
