@@ -18,13 +18,13 @@ The loss kernels write d(logits) into the logits' storage during backward when s
 Every kernel has a ``*_torch`` reference used for fallback and tests.
 """
 
-from .cross_entropy import cross_entropy, cross_entropy_torch
 from .dispatch import kernel_info
 from .kd import kd_loss, kd_loss_torch
 from .norm_rope import apply_rope, apply_rope_torch, rms_norm, rms_norm_torch
 from .quant import dequantize_q4_0, dequantize_q8_0, quantize_q4_0, quantize_q8_0
 from .sparse_kd import sparse_kd_loss, sparse_kd_loss_torch
 from .topk import topk_lse, topk_lse_torch
+from .xent import cross_entropy, cross_entropy_torch
 
 __all__ = [
     "cross_entropy", "cross_entropy_torch", "kd_loss", "kd_loss_torch", "sparse_kd_loss",

@@ -12,11 +12,18 @@ import functools
 from types import SimpleNamespace
 
 TPB = 128  # threads per block (power of two: the tree reductions halve it)
+# numba.cuda, bound on first use.  Kernels must reach it as a module global: the CUDA
+# simulator swaps in its fake module by patching globals named after it, not closures.
+cuda = None
 
 
 @functools.cache
 def helpers() -> SimpleNamespace:
-    from numba import cuda, float32, float64
+    global cuda
+    from numba import cuda as _cuda
+    from numba import float32, float64
+
+    cuda = _cuda
 
     @cuda.jit(device=True)
     def block_max(sh, v):

@@ -21,7 +21,7 @@ In-place gradients (the memory contract).  The loss kernels write d(logits) into
 logits' own storage during backward instead of allocating a second (N, V) tensor when
 :func:`may_overwrite` says it is safe: the tensor is not a leaf nor a view of one (user
 data / parameters are never clobbered), and no other vnmini kernel in the same graph
-still needs it (tracked by :func:`claim` / :func:`release`).  After writing we bump the
+still needs it (tracked by :func:`claim`).  After writing we bump the
 tensor's autograd version counter, so any *other* autograd node that saved the logits
 raises "modified by an inplace operation" instead of silently using gradients as logits.
 What this cannot detect: user code reading the logits tensor *after* ``backward()``;
@@ -145,23 +145,40 @@ def _key(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def claim(t: torch.Tensor) -> None:
-    """Record that a kernel's backward will read ``t`` (called in forward)."""
-    with _lock:
-        k = _key(t)
-        _claims[k] = _claims.get(k, 0) + 1
+class Claim:
+    """One kernel's claim on a logits storage; released in backward, or when the graph dies.
+
+    The ``__del__`` release matters: a forward whose graph is dropped without backward
+    (an exception, a loss that is only logged) must not leave a stale claim that would
+    silently disable the in-place path for a later tensor at the same address.
+    """
+
+    def __init__(self, t: torch.Tensor):
+        self.key = _key(t)
+        self.live = True
+        with _lock:
+            _claims[self.key] = _claims.get(self.key, 0) + 1
+
+    def release(self) -> int:
+        """Drop this claim (idempotent); return how many other claims remain on the storage."""
+        with _lock:
+            n = _claims.get(self.key, 0)
+            if self.live:
+                self.live = False
+                n -= 1
+                if n <= 0:
+                    _claims.pop(self.key, None)
+                else:
+                    _claims[self.key] = n
+            return max(n, 0)
+
+    def __del__(self):
+        self.release()
 
 
-def release(t: torch.Tensor) -> int:
-    """Drop one claim on ``t``; return how many other kernels still need it."""
-    with _lock:
-        k = _key(t)
-        n = _claims.get(k, 1) - 1
-        if n <= 0:
-            _claims.pop(k, None)
-        else:
-            _claims[k] = n
-        return max(n, 0)
+def claim(t: torch.Tensor) -> Claim:
+    """Record that a kernel's backward will read ``t`` (called in forward when a gradient is needed)."""
+    return Claim(t)
 
 
 def may_overwrite(t: torch.Tensor, inplace: bool | None) -> bool:

@@ -37,6 +37,8 @@ from . import dispatch
 from ._cudautil import TPB, helpers
 from ._mathf import F32, FM, fexp, flog
 
+cuda = None  # numba.cuda, bound by cuda_kernels() (a module global so the simulator can patch it)
+
 KINDS = {"forward": 0, "reverse": 1, "skew": 2}
 CHUNK = 2048
 _LOWEST = F32(-3.0e38)
@@ -129,6 +131,7 @@ def _kd_bwd_cpu(s, t, mask, kind, inv_t, lam, lse_s, lse_t, kl, r, scale, g):
 def cuda_kernels():
     """Build the CUDA kernels on first use (one block of TPB threads per row)."""
     h = helpers()
+    global cuda
     cuda, f32 = h.cuda, h.float32
     block_max, block_sum = h.block_max, h.block_sum
 
@@ -237,7 +240,7 @@ def kd_loss_torch(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ki
 
 class _KDFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, t_in, kind, temperature, lam, mask, inplace):
+    def forward(ctx, s_in, t_in, kind, temperature, lam, mask, inplace, needs_grad):
         s, owned = dispatch.as_f32_contiguous(s_in)
         t, _ = dispatch.as_f32_contiguous(t_in)
         n = s.shape[0]
@@ -261,16 +264,15 @@ class _KDFn(torch.autograd.Function):
         ctx.save_for_backward(s, t, m8, lse_s, lse_t, kl, r, n_rows)
         ctx.args, ctx.temperature, ctx.in_dtype = args, temperature, s_in.dtype
         ctx.overwrite = owned or dispatch.may_overwrite(s_in, inplace)
-        ctx.claimed = not owned and ctx.overwrite
-        if ctx.claimed:
-            dispatch.claim(s)
+        # claim only when a backward can follow (not under no_grad / for detached logits)
+        ctx.claim = dispatch.claim(s) if (not owned and ctx.overwrite and needs_grad) else None
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         s, t, m8, lse_s, lse_t, kl, r, n_rows = ctx.saved_tensors
         overwrite = ctx.overwrite
-        if ctx.claimed and dispatch.release(s) > 0:
+        if ctx.claim is not None and ctx.claim.release() > 0:
             overwrite = False
         g = s if overwrite else torch.empty_like(s)
         # d(T^2 * KL(u = z/T))/dz = T * dKL/du, averaged over the masked rows.
@@ -286,7 +288,7 @@ class _KDFn(torch.autograd.Function):
         if overwrite:
             dispatch.mark_overwritten(s)
             g = g.detach()
-        return g.to(ctx.in_dtype), None, None, None, None, None, None
+        return g.to(ctx.in_dtype), None, None, None, None, None, None, None
 
 
 def check_kd_args(kind: str, temperature: float, skew_lambda: float) -> None:
@@ -322,7 +324,7 @@ def kd_loss(
     if which == "torch":
         return kd_loss_torch(student_logits, teacher_logits, kind, temperature, skew_lambda, mask)
     return _KDFn.apply(student_logits, teacher_logits.detach(), kind, float(temperature), float(skew_lambda),
-                       mask, inplace)
+                       mask, inplace, torch.is_grad_enabled() and student_logits.requires_grad)
 
 
 __all__ = ["kd_loss", "kd_loss_torch", "kd_rows_torch", "masked_mean", "cuda_kernels"]

@@ -37,6 +37,8 @@ from . import dispatch
 from ._cudautil import TPB, helpers
 from ._mathf import F32, FM
 
+cuda = None  # numba.cuda, bound by cuda_kernels() (a module global so the simulator can patch it)
+
 
 @njit(parallel=True, cache=True, fastmath=FM)
 def _rms_fwd_cpu(x, w, eps, y, rstd):
@@ -96,6 +98,7 @@ def _rope_cpu(x, cos, sin, out, transpose):
 def cuda_kernels():
     """Build the CUDA kernels on first use."""
     h = helpers()
+    global cuda
     cuda, f32 = h.cuda, h.float32
     block_sum = h.block_sum
 

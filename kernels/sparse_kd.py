@@ -44,6 +44,8 @@ from ._cudautil import TPB, helpers
 from ._mathf import F32, FM, fexp
 from .kd import CHUNK, KINDS, check_kd_args, kd_rows_torch, masked_mean
 
+cuda = None  # numba.cuda, bound by cuda_kernels() (a module global so the simulator can patch it)
+
 TINY = 1e-30
 _LOG_TINY = math.log(TINY)
 _LOWEST = F32(-3.0e38)
@@ -162,6 +164,7 @@ def _skd_bwd_cpu(s, ids, mask, inv_t, lse, crest, gk, scale, g):
 def cuda_kernels():
     """Build the CUDA kernels on first use (one block of TPB threads per row)."""
     h = helpers()
+    global cuda
     cuda, f32, f64 = h.cuda, h.float32, h.float64
     block_max, block_sum = h.block_max, h.block_sum
     buckets = cuda.jit(device=True)(_buckets.py_func)
@@ -233,7 +236,7 @@ def sparse_kd_loss_torch(student_logits: torch.Tensor, top_ids: torch.Tensor, to
 
 class _SparseKDFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, ids, tlp, kind, temperature, lam, mask, inplace):
+    def forward(ctx, s_in, ids, tlp, kind, temperature, lam, mask, inplace, needs_grad):
         s, owned = dispatch.as_f32_contiguous(s_in)
         n, k = ids.shape
         dev = s.device
@@ -260,16 +263,15 @@ class _SparseKDFn(torch.autograd.Function):
         ctx.save_for_backward(s, ids, m8, lse, crest, gk, n_rows)
         ctx.inv_t, ctx.temperature, ctx.in_dtype = args[1], temperature, s_in.dtype
         ctx.overwrite = owned or dispatch.may_overwrite(s_in, inplace)
-        ctx.claimed = not owned and ctx.overwrite
-        if ctx.claimed:
-            dispatch.claim(s)
+        # claim only when a backward can follow (not under no_grad / for detached logits)
+        ctx.claim = dispatch.claim(s) if (not owned and ctx.overwrite and needs_grad) else None
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         s, ids, m8, lse, crest, gk, n_rows = ctx.saved_tensors
         overwrite = ctx.overwrite
-        if ctx.claimed and dispatch.release(s) > 0:
+        if ctx.claim is not None and ctx.claim.release() > 0:
             overwrite = False
         g = s if overwrite else torch.empty_like(s)
         if s.is_cuda:
@@ -284,7 +286,7 @@ class _SparseKDFn(torch.autograd.Function):
         if overwrite:
             dispatch.mark_overwritten(s)
             g = g.detach()
-        return g.to(ctx.in_dtype), None, None, None, None, None, None, None
+        return g.to(ctx.in_dtype), None, None, None, None, None, None, None, None
 
 
 def sparse_kd_loss(
@@ -317,7 +319,8 @@ def sparse_kd_loss(
         return sparse_kd_loss_torch(student_logits, top_ids.long(), top_logprobs, kind, temperature,
                                     skew_lambda, mask)
     return _SparseKDFn.apply(student_logits, top_ids, top_logprobs.detach(), kind, float(temperature),
-                             float(skew_lambda), mask, inplace)
+                             float(skew_lambda), mask, inplace,
+                             torch.is_grad_enabled() and student_logits.requires_grad)
 
 
 __all__ = ["sparse_kd_loss", "sparse_kd_loss_torch", "cuda_kernels", "TINY"]

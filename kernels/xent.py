@@ -1,4 +1,4 @@
-"""Fused cross-entropy: loss and d(logits) with an online log-sum-exp, no (N, V) temporaries.
+"""Fused cross-entropy (module `xent`, named so it does not shadow the `cross_entropy` function): loss and d(logits) with an online log-sum-exp, no (N, V) temporaries.
 
 Use::
 
@@ -32,6 +32,8 @@ from numba import njit, prange
 from . import dispatch
 from ._cudautil import TPB, helpers
 from ._mathf import F32, FM, fexp
+
+cuda = None  # numba.cuda, bound by cuda_kernels() (a module global so the simulator can patch it)
 
 CHUNK = 2048  # online-LSE chunk: fits in L1 next to the row's other streams
 
@@ -84,6 +86,7 @@ def _ce_bwd_cpu(x, y, ignore, lse, scale, g):
 def cuda_kernels():
     """Build the CUDA kernels on first use (one block of TPB threads per row)."""
     h = helpers()
+    global cuda
     cuda, f32 = h.cuda, h.float32
     block_max, block_sum = h.block_max, h.block_sum
 
@@ -135,7 +138,7 @@ def cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, ignore_inde
 
 class _CrossEntropyFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index, inplace):
+    def forward(ctx, logits, targets, ignore_index, inplace, needs_grad):
         x, owned = dispatch.as_f32_contiguous(logits)
         y = targets.contiguous()
         n, v = x.shape
@@ -159,16 +162,15 @@ class _CrossEntropyFn(torch.autograd.Function):
         ctx.in_dtype = logits.dtype
         # Overwrite only our private copy, or the caller's tensor when the contract allows.
         ctx.overwrite = owned or dispatch.may_overwrite(logits, inplace)
-        ctx.claimed = not owned and ctx.overwrite
-        if ctx.claimed:
-            dispatch.claim(x)
+        # claim only when a backward can follow (not under no_grad / for detached logits)
+        ctx.claim = dispatch.claim(x) if (not owned and ctx.overwrite and needs_grad) else None
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         x, y, lse, n_valid = ctx.saved_tensors
         overwrite = ctx.overwrite
-        if ctx.claimed and dispatch.release(x) > 0:
+        if ctx.claim is not None and ctx.claim.release() > 0:
             overwrite = False  # another vnmini kernel still needs these logits
         g = x if overwrite else torch.empty_like(x)
         if x.is_cuda:
@@ -183,7 +185,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         if overwrite:
             dispatch.mark_overwritten(x)
             g = g.detach()
-        return g.to(ctx.in_dtype), None, None, None
+        return g.to(ctx.in_dtype), None, None, None, None
 
 
 def cross_entropy(
@@ -207,7 +209,8 @@ def cross_entropy(
     which, _ = dispatch.resolve("cross_entropy", logits, backend)
     if which == "torch" or not logits.dtype.is_floating_point:
         return cross_entropy_torch(logits, targets, ignore_index)
-    return _CrossEntropyFn.apply(logits, targets.long(), ignore_index, inplace)
+    return _CrossEntropyFn.apply(logits, targets.long(), ignore_index, inplace,
+                                 torch.is_grad_enabled() and logits.requires_grad)
 
 
 __all__ = ["cross_entropy", "cross_entropy_torch", "cuda_kernels"]
