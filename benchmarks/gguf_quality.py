@@ -56,7 +56,7 @@ def train_model(tok, text: str, minutes: float, args) -> tuple[torch.nn.Module, 
         loss_t.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step, loss = step + 1, float(loss_t)
+        step, loss = step + 1, loss_t.item()
         if step % 50 == 0:
             print(f"step {step} loss {loss:.3f} ({time.time() - t0:.0f}s)", flush=True)
     return model, {"steps": step, "final_loss": loss, "train_tokens": len(ids), "params": model.num_parameters()}

@@ -57,7 +57,8 @@ def export_gguf(
     types = ", ".join(f"{k} × {v}" for k, v in sorted(res.tensor_types.items()))
     typer.echo(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {quant}; {types})")
     if res.fallbacks:
-        typer.echo(f"fallbacks: {len(res.fallbacks)} tensors kept in a wider type (listed in the report)")
+        typer.echo(f"fallbacks: {len(res.fallbacks)} tensors in a fallback type, rows too narrow "
+                   f"for {quant} (listed in the report)")
     if res.verify is not None:
         v = res.verify
         q, lg = v["quality"], v["logits"]

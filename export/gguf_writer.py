@@ -165,18 +165,19 @@ def tensor_type(name: str, shape: tuple[int, ...], quant: str, is_head: bool) ->
 def _check_output(output: Path, force: bool) -> Path:
     output = Path(output)
     if output.suffix != ".gguf":
-        raise VnminiError(f"{output}: the output must end in .gguf (e.g. -o model-{'q8_0'}.gguf).")
+        raise VnminiError(f"{output}: the output must end in .gguf (e.g. -o model-q8_0.gguf).")
     if output.is_dir():
         raise VnminiError(f"{output}: is a folder; give a file name such as {output / 'model.gguf'}.")
     if output.exists() and not force:
         raise VnminiError(f"{output}: already exists; pass --force (force=True) to overwrite it.")
-    parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VnminiError(f"{output}: cannot create the folder {parent} ({e.strerror}); choose another -o.") from e
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise VnminiError(f"{output}: the folder {parent} is not writable; choose another -o.")
+    # The folder is created only when writing; here find the nearest existing ancestor.
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VnminiError(f"{output}: {existing} is a file, not a folder; choose another -o.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VnminiError(f"{output}: the folder {existing} is not writable; choose another -o.")
     return output
 
 

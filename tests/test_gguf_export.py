@@ -177,9 +177,10 @@ def test_k_quants_on_width_256(tmp_path, tiny_tokenizer):
     assert kl["q6_k"] < kl["q5_k_m"] < kl["q4_k_m"], kl
     assert top1["q6_k"] >= 0.8 and top1["q4_k_m"] >= 0.5, top1
     # llama.cpp's own K-quant mix, dequantized by gguf-py, is what llama.cpp runs.
+    from vnmini.export.gguf_verify import compare_logits, llama_logits
+
     from vnmini.backend_gguf import open_llama
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.export.gguf_verify import compare_logits, llama_logits
 
     ckpt = load_checkpoint(ck)
     ids = ckpt.tokenizer.encode(TEXT, add_bos=True)[:100]
