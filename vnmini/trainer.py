@@ -249,6 +249,7 @@ class Trainer:
         model.gradient_checkpointing = cfg.grad_checkpointing
         model.to(self.device)
         self.module = dist.wrap(module or model, model, self.env, fsdp=cfg.fsdp, amp_dtype=self.amp_dtype)
+        self._ddp = self.module if isinstance(self.module, nn.parallel.DistributedDataParallel) else None
         if cfg.compile:
             self.module = torch.compile(self.module)
         groups = decay_groups(model, cfg.weight_decay)
@@ -438,7 +439,6 @@ class Trainer:
         t_start = time.perf_counter()
         window_t, window_tok, tok_s = time.perf_counter(), 0, 0.0
         last_ckpt = find_resume_point(self.run_dir)
-        ddp = isinstance(self.module, nn.parallel.DistributedDataParallel)
         loss_val = float("nan")
         stopped_early = False
         try:
@@ -450,7 +450,8 @@ class Trainer:
                 extras: dict[str, float] = {}
                 for m in range(self.accum):
                     batch = self._micro_batch(self.step, m)
-                    sync = self.module.no_sync() if ddp and m < self.accum - 1 else contextlib.nullcontext()
+                    # Gradients are all-reduced once per optimizer step, on the last micro step.
+                    sync = self._ddp.no_sync() if self._ddp and m < self.accum - 1 else contextlib.nullcontext()
                     with sync:
                         with self._autocast():
                             loss, mets = self.loss_fn(self.module, batch)
