@@ -41,7 +41,7 @@ def _root(
 
 
 # Verb modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "distill", "chat", "evaluate", "bench", "export", "export_onnx"]
+COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "distill", "chat", "evaluate", "bench", "export", "export_onnx", "quickstart"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"vnmini.cli.{_name}").register(app)

