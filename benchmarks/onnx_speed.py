@@ -64,8 +64,19 @@ def _measure(kind: str, path: str, threads: int, prompt: int, decode: int, repea
         t2 = time.perf_counter()
         if r:  # the first round warms up allocators and kernels
             best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
-    return {"prefill_tok_s": prompt / best_p, "decode_tok_s": decode / best_d,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"prefill_tok_s": prompt / best_p, "decode_tok_s": decode / best_d, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's own high-water RSS. (ru_maxrss would do, except that Linux carries the
+    parent's peak into a forked child, so every variant would report the parent's.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_child(kind: str, path: Path, args) -> dict:
@@ -212,6 +223,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -225,7 +237,7 @@ def main() -> None:
             f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
             f"onnxruntime {onnxruntime.__version__}; load average at start {os.getloadavg()[0]:.1f}.", ""]
     with tempfile.TemporaryDirectory() as d:
-        body = ["## Speed", "", speed(args, Path(d))]
+        body = [] if args.skip_speed else ["## Speed", "", speed(args, Path(d))]
         if not args.skip_quality:
             body += ["", "## Quality per variant (held-out text, from each export's verify.json)", "",
                      quality(args, Path(d))]
