@@ -281,7 +281,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Cross-entropy loss and bits per byte on the first ``eval_tokens`` validation tokens."""
         cfg, src, world = self.cfg, self.source, self.env.world_size
-        n = min(src.val_rows, max(1, cfg.eval_tokens // cfg.seq_len))
+        n = min(src.val_rows, max(1, cfg.eval_tokens // cfg.seq_len)) if cfg.eval_tokens else 0
         n -= n % world  # equal work per rank (FSDP forwards are collective)
         if n <= 0 or self.tokenizer is None:
             return {}
