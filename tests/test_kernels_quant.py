@@ -44,11 +44,12 @@ def test_bit_exact_random_and_adversarial(qtype):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # gguf's own invalid casts
             ref = quantize(a, qtype)
+            ref_dq = dequantize(ref, qtype)  # inf * 0 in the F32MAX blocks gives NaN in both
         ours = q(a)
         assert ours.dtype == np.uint8 and ours.shape == ref.shape
         bad = np.argwhere(ours != ref)
         assert bad.size == 0, f"{qtype.name} differs at {bad[:5].tolist()} (seed {SEED})"
-        np.testing.assert_array_equal(dq(ref), dequantize(ref, qtype))
+        np.testing.assert_array_equal(dq(ref), ref_dq)
 
 
 def test_shapes_and_errors():
