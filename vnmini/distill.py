@@ -156,6 +156,7 @@ def distill(
     kd: str = "forward",
     temperature: float | None = None,
     skew_lambda: float = 0.1,
+    train_windows: int | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -164,7 +165,9 @@ def distill(
     ``config``/``overrides`` are :class:`TrainConfig` fields as in :func:`vnmini.train`
     (``data``, ``preset`` of the student, ``out``, ``max_steps``, ``resume``, ...).
     ``teacher_device`` defaults to the student's device. ``temperature`` defaults to 1
-    (online) or the cache's. Returns the Trainer's summary plus ``distill`` settings.
+    (online) or the cache's. ``train_windows`` limits training to the first N windows of
+    the split (as a cache written with ``max_windows`` does), so runs with and without a
+    cache can see the same rows. Returns the Trainer's summary plus ``distill`` settings.
     """
     given = [n for n, v in (("teacher", teacher), ("teacher_cache", teacher_cache), ("teacher_text", teacher_text))
              if v is not None]
@@ -182,13 +185,18 @@ def distill(
     has_val = load_manifest(cfg.data)["splits"].get("val", {}).get("tokens")
     val_r = ShardReader(cfg.data, "val", tokenizer_hash=tok.hash) if has_val else None
     source = TokenWindows(train_r, val_r, cfg.seq_len)
-    settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda}
+    if train_windows is not None:
+        if train_windows < 1:
+            raise VnminiError(f"--train-windows {train_windows}: must be >= 1.")
+        source.train_rows = min(source.train_rows, int(train_windows))
+    settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda, "train_windows": source.train_rows}
     if teacher_cache is not None:
         cache = TeacherCache(teacher_cache)
         _check_cache(cache, cfg, tok.hash, temperature)
         if cache.windows < source.train_rows:
             # A partial cache (--max-windows): the student draws only from the covered windows.
             source.train_rows = cache.windows
+            settings["train_windows"] = cache.windows
         loss = cache_loss(cache, alpha, kd, skew_lambda, cfg.kernels)
         settings.update(mode="cache", teacher_cache=str(teacher_cache), temperature=cache.temperature,
                         k=cache.k, teacher=cache.manifest.get("teacher"))
