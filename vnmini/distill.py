@@ -248,7 +248,11 @@ def _sequence_level(config: TrainConfig | str | Path | None, path: Path, overrid
     shards = Path(cfg.out) / "teacher_text_shards"
     if not (shards / "manifest.json").is_file():
         tok = VnTokenizer.load(cfg.tokenizer)
-        prepare_shards([str(path)], tok, shards, val_fraction=0.05, field="text", progress=cfg.progress)
+        with path.open(encoding="utf-8") as f:
+            n = sum(1 for line in f if line.strip())
+        # Hold out 5% of the teacher's texts for eval bpb when there are enough of them.
+        prepare_shards([str(path)], tok, shards, val_fraction=0.05 if n >= 20 else 0.0, field="text",
+                       progress=cfg.progress)
     cfg = cfg.replace(data=str(shards), extra={**cfg.extra, "distill": {"mode": "sequence", "teacher_text": str(path)}})
     return {**train(cfg), "distill": {"mode": "sequence", "kind": "text", "shards": str(shards)}}
 
