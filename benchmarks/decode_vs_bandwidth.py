@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--reuse", action="store_true", help="reuse the model and GGUFs already in --work")
     ap.add_argument("--out", type=Path, default=None,
                     help="markdown table (default benchmarks/results_bench.md; --quick prints only)")
     args = ap.parse_args()
@@ -115,12 +116,13 @@ def main() -> None:
     work = Path(tmp.name) if tmp else args.work
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ckpt = build(args, work)
-    ggufs = []
-    for q in ("q8_0", "q4_0"):
-        path = work / f"{args.preset}.{q}.gguf"
-        to_gguf(ckpt, path, quant=q, verify=False, force=True)
-        ggufs.append(path)
+    load_start = os.getloadavg()[0]
+    ckpt = work / f"{args.preset}-ckpt"
+    ggufs = [work / f"{args.preset}.{q}.gguf" for q in ("q8_0", "q4_0")]
+    if not (args.reuse and (ckpt / "config.json").is_file() and all(p.is_file() for p in ggufs)):
+        ckpt = build(args, work)
+        for path, q in zip(ggufs, ("q8_0", "q4_0"), strict=True):
+            to_gguf(ckpt, path, quant=q, verify=False, force=True)
     print(f"built and exported in {time.time() - t0:.0f}s", flush=True)
 
     res = bench([ckpt, *ggufs], prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
@@ -139,7 +141,8 @@ def main() -> None:
         f"Run: `python benchmarks/decode_vs_bandwidth.py{' --quick' if args.quick else ''}"
         f"{'' if args.quick or args.preset == 'small' else ' --preset ' + args.preset}` on "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-        f"L3 {_l3()}; {time.strftime('%Y-%m-%d')}; load average at the end {os.getloadavg()[0]:.1f} "
+        f"L3 {_l3()}; {time.strftime('%Y-%m-%d')}; load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end "
         "(the machine is shared: other processes lower every number, the ceiling included).",
         f"Model: random `{args.preset}` preset shape ({cfg.num_hidden_layers} x {cfg.hidden_size}, "
         f"GQA {cfg.num_attention_heads}/{cfg.num_key_value_heads}, FFN {cfg.intermediate_size}, vocab 16,384, tied "
