@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -37,6 +36,7 @@ from . import dispatch
 from ._cudautil import TPB, helpers
 from ._mathf import F32, FM
 
+RMS_DW_CHUNKS = 64
 cuda = None  # numba.cuda, bound by cuda_kernels() (a module global so the simulator can patch it)
 
 
@@ -220,7 +220,9 @@ class _RMSNormFn(torch.autograd.Function):
             v = dispatch.cuda_view
             cuda_kernels()[1][x2.shape[0], TPB](v(x2), v(w), v(rstd), v(g2), v(gx), v(dw))
         else:
-            nchunk = max(1, min(x2.shape[0], 4 * numba.get_num_threads()))
+            # A fixed chunk count (not one per thread) keeps dw bit-identical whatever the
+            # thread count, so a resumed or re-run training run reproduces exactly.
+            nchunk = max(1, min(x2.shape[0], RMS_DW_CHUNKS))
             part = torch.zeros(nchunk, w.shape[0], dtype=torch.float32)
             v = dispatch.np_view
             _rms_bwd_cpu(v(x2), v(w), v(rstd), v(g2), v(gx), v(part))

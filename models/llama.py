@@ -33,8 +33,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels = "torch"  # or "numba"/"auto": vnmini.kernels.rms_norm (see set_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels != "torch":
+            from vnmini.kernels import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, backend=self.kernels)
         # Like HF: normalize in float32, cast back, then scale.
         dtype = x.dtype
         h = x.float()
@@ -109,14 +114,21 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=bool(cfg.attention_out_bias))
+        self.kernels = "torch"
 
     def forward(self, x, cos, sin, mask, cache) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        if self.kernels != "torch":
+            from vnmini.kernels import apply_rope as rope_kernel
+
+            q = rope_kernel(q, cos, sin, backend=self.kernels)
+            k = rope_kernel(k, cos, sin, backend=self.kernels)
+        else:
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         if self.n_kv != self.n_heads:
@@ -222,6 +234,17 @@ class LlamaForCausalLM(nn.Module):
             s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) * s)
+
+    def set_kernels(self, backend: str) -> LlamaForCausalLM:
+        """Route RMSNorm and RoPE through ``vnmini.kernels`` ("numba"/"auto") or plain torch ("torch").
+
+        Plain torch is the default so that exporters trace ordinary ops; the
+        trainer switches to the kernels for speed (``--kernels``).
+        """
+        for m in self.modules():
+            if isinstance(m, RMSNorm | Attention):
+                m.kernels = backend
+        return self
 
     def new_cache(self, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = next(self.parameters())

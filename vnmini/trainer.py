@@ -230,6 +230,9 @@ class Trainer:
     ) -> None:
         self.cfg = cfg.validate()
         self.model, self.source, self.tokenizer, self.kind = model, source, tokenizer, kind
+        if hasattr(model, "set_kernels"):
+            # RMSNorm/RoPE through vnmini.kernels too (numba on CPU); torch.compile fuses them itself.
+            model.set_kernels("torch" if cfg.compile else cfg.kernels)
         self.forward = forward or default_forward
         self.loss_fn = loss_fn or ce_loss(cfg.kernels, self.forward)
         self.env = dist.setup(cfg.device)
