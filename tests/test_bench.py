@@ -85,3 +85,17 @@ def test_bench_bad_inputs(tiny_checkpoint, tmp_path, cli):
     assert child_main([json.dumps({"model": str(tiny_checkpoint), "repeats": 0})]) == 2
     code, out, err = cli("bench", tmp_path / "missing", "-o", tmp_path / "o")
     assert code == 2 and "missing" in err and not (tmp_path / "o").exists()
+
+
+def test_weight_bytes_onnx_counts_gathered_table_once(tiny_checkpoint, tmp_path):
+    """ONNX exports hold the tied embedding twice (Gather table + output MatMul): only one is read in full."""
+    from vnmini.export import to_onnx
+
+    from vnmini.bench import quant_label
+
+    d = to_onnx(tiny_checkpoint, tmp_path / "onnx", verify=False)
+    got = weight_bytes_per_token(d)
+    ref = sum(_safetensors_oracle(tiny_checkpoint).values())  # tied: embedding read once, as the output matrix
+    assert got["untied_embedding"] and got["embedding_bytes"] > 0
+    assert abs(got["bytes_per_token"] - ref) / ref < 0.01
+    assert quant_label(d) == "fp32"

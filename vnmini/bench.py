@@ -119,21 +119,28 @@ def _safetensors_bytes(files: list[Path]) -> tuple[int, int, bool]:
 
 
 def _onnx_bytes(folder: Path) -> tuple[int, int, bool]:
+    """(tensor bytes, bytes only ever gathered, whether such a table exists), from the graph itself.
+
+    An initializer whose every consumer is a Gather (the token embedding when the
+    output matrix is a separate initializer, as the exporters write it) costs one
+    row per token, not its whole size.
+    """
     import onnx
 
     m = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-    total, embed, has_head = 0, 0, False
+    consumers: dict[str, set[str]] = {}
+    for node in m.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total, gathered = 0, 0
     for init in m.graph.initializer:
         ext = {e.key: e.value for e in init.external_data}
         nbytes = int(ext["length"]) if "length" in ext else len(init.raw_data) or (
             int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize)
         total += nbytes
-        name = init.name.lower()
-        if "embed_tokens" in name and nbytes > embed:
-            embed = nbytes
-        if "lm_head" in name:
-            has_head = True
-    return total, embed, has_head
+        if consumers.get(init.name) == {"Gather"} and len(init.dims) == 2:
+            gathered += nbytes
+    return total, gathered, gathered > 0
 
 
 def weight_bytes_per_token(path: str | Path) -> dict[str, int]:
@@ -163,6 +170,12 @@ def quant_label(path: str | Path) -> str:
         except Exception:  # an unknown file type is not worth failing a benchmark over
             pass
         return path.stem.rsplit(".", 1)[-1]
+    if (path / "model.onnx").is_file():
+        meta = path / "onnx_export.json"
+        if meta.is_file():
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            return info.get("quant") if info.get("quant") not in (None, "none") else info.get("dtype", "fp32")
+        return path.name
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
         return str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
