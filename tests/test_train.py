@@ -193,7 +193,7 @@ def test_torchrun_two_processes_match_one(shards, init_ckpt, tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "vnmini.cli", "train", *cli_args(base(shards, init_ckpt, two, **kw))]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150)
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = losses(one), losses(two)
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 9))  # rank 0 alone wrote the log

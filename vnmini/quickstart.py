@@ -190,11 +190,11 @@ def quickstart(
         res = {}
         for q in ("q8_0", "q4_0"):
             path = out / "export" / f"chat-{q}.gguf"
-            exp = to_gguf(chat_ckpt, path, quant=q, force=True, verify=True, verify_text=heldout, threads=threads)
+            exp = to_gguf(chat_ckpt, path, quant=q, force=True, verify=True, verify_text=Path(heldout), threads=threads)
             res[q] = {"path": str(path), "report": _gguf_summary(exp)}
         return res
 
-    gguf = st.run("export GGUF", total, _gguf, lambda r: [v["path"] for v in r.values()])
+    gguf = st.run("export GGUF", total, _gguf, lambda r: [r[q]["path"] for q in ("q8_0", "q4_0")])
 
     def _onnx() -> dict:
         from vnmini.export import to_onnx

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import math
 import random
@@ -512,6 +513,15 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group (if this trainer joined it) and restore torch's thread count."""
+        if self._ddp is not None:
+            # Order matters with gloo: wait (GIL released) until every rank's collectives are done,
+            # then drop the DDP reducer while the process group is still registered. Otherwise the
+            # reducer's dealloc can run ~ProcessGroupGloo with the GIL held while a gloo thread
+            # waits for the GIL to free a finished all-reduce's tensors: a deadlock at exit.
+            dist.barrier(self.env)
+            self.module = self._ddp.module
+            self._ddp = None
+            gc.collect()
         dist.teardown(self.env)
         torch.set_num_threads(self._prev_threads)
 
