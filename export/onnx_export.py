@@ -157,17 +157,9 @@ def export_graph(model: nn.Module, path: Path, opset: int = 17) -> Path:
 def save_model(src: Path, dst: Path, external_data: bool | None = None) -> Path:
     """(Re)write an ONNX file; weights go to ``<name>.data`` when ``external_data`` (None: when over 2 GB)."""
     import onnx
+    from vnmini.export.onnx_quant import save_proto
 
-    model = onnx.load(str(src), load_external_data=True)
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    use_ext = size > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
-    (dst.parent / (dst.name + ".data")).unlink(missing_ok=True)
-    if use_ext:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(dst))
-    return dst
+    return save_proto(onnx.load(str(src), load_external_data=True), dst, external_data)
 
 
 def _check_args(dtype: str, quant: str, block_size: int, engine: str) -> None:

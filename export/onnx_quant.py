@@ -30,7 +30,8 @@ import onnx
 from vnmini.errors import VnminiError
 
 
-def _save(model: onnx.ModelProto, dst: Path, external_data: bool | None) -> Path:
+def save_proto(model: onnx.ModelProto, dst: Path, external_data: bool | None) -> Path:
+    """Write ``model`` to ``dst``; weights go to ``<name>.data`` when ``external_data`` (None: when over 2 GB)."""
     from vnmini.export.onnx_export import EXTERNAL_DATA_THRESHOLD
 
     size = sum(len(t.raw_data) for t in model.graph.initializer)
@@ -68,7 +69,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True,
             quantize_dynamic(src, tmp, op_types_to_quantize=["MatMul"], per_channel=per_channel,
                              weight_type=QuantType.QInt8, use_external_data_format=True,
                              extra_options={"MatMulConstBOnly": True})
-        return _save(onnx.load(str(tmp), load_external_data=True), dst, external_data)
+        return save_proto(onnx.load(str(tmp), load_external_data=True), dst, external_data)
     finally:
         for f in dst.parent.glob(".int8-scratch.onnx*"):
             f.unlink()
@@ -88,7 +89,7 @@ def quantize_int4(src: str | Path, dst: str | Path, block_size: int = 32, symmet
     out = q.model.model
     if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
         raise VnminiError(f"{src}: no MatMul could be quantized to int4 (block size {block_size}); try a smaller --block-size.")
-    return _save(out, dst, external_data)
+    return save_proto(out, dst, external_data)
 
 
 def _fp32_nodes(model: onnx.ModelProto) -> list[str]:
@@ -119,4 +120,4 @@ def convert_fp16(src: str | Path, dst: str | Path, external_data: bool | None = 
     out = convert_float_to_float16(model, keep_io_types=False, node_block_list=blocked,
                                    op_block_list=["ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax"],
                                    disable_shape_infer=True)
-    return _save(out, dst, external_data)
+    return save_proto(out, dst, external_data)
