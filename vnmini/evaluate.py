@@ -33,7 +33,6 @@ Multiple choice (:func:`eval_mc`)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ import torch
 
 from vnmini.errors import VnminiError
 from vnmini.generation import Generator
+from vnmini.jsonl import iter_jsonl
 from vnmini.metrics import bits_per_byte
 
 MC_PROMPT = "Câu hỏi: {question}\nTrả lời:"
@@ -223,19 +223,8 @@ def read_mc(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise VnminiError(f"{path}: no such file; pass a JSONL file with question/choices/answer per line.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise VnminiError(f"{path}: not UTF-8 text ({e.reason}); save it as UTF-8 JSONL.") from e
     n = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VnminiError(f"{where}: invalid JSON ({e.msg}); one JSON object per line.") from e
+    for where, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise VnminiError(f"{where}: expected a JSON object with question/choices/answer.")
         q, choices = obj.get("question"), obj.get("choices")
@@ -248,7 +237,7 @@ def read_mc(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             raise VnminiError(f"{where}: missing 'answer' (a letter such as \"B\").")
         n += 1
         yield {
-            "id": str(obj.get("id", lineno)),
+            "id": str(obj.get("id", where.rsplit(":", 1)[1])),  # default: the line number
             "question": q.strip(),
             "choices": [strip_letter(c) for c in choices],
             "answer": _parse_answer(obj["answer"], len(choices), where),

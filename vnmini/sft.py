@@ -22,7 +22,6 @@ checkpoints, metrics, torchrun) is :class:`vnmini.trainer.Trainer`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vnmini.errors import VnminiError
+from vnmini.jsonl import iter_jsonl
 from vnmini.tokenizer import VnTokenizer
 from vnmini.train_config import TrainConfig
 from vnmini.trainer import Batch, Trainer
@@ -52,24 +52,16 @@ def load_conversations(path: str | Path) -> list[list[dict[str, str]]]:
     if not path.is_file():
         raise VnminiError(f"--data {path}: no such file; give a JSONL of {{\"messages\": [...]}} lines.")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VnminiError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object.") from e
-            msgs = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                raise VnminiError(f"{where}: needs a non-empty \"messages\" list.")
-            for m in msgs:
-                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                    raise VnminiError(f"{where}: each message needs role in {ROLES} and a string content (got {m!r:.80}).")
-            if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-                raise VnminiError(f"{where}: no assistant message with content; nothing to learn from.")
-            out.append([{"role": m["role"], "content": m["content"]} for m in msgs])
+    for where, obj in iter_jsonl(path):
+        msgs = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise VnminiError(f"{where}: needs a non-empty \"messages\" list.")
+        for m in msgs:
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise VnminiError(f"{where}: each message needs role in {ROLES} and a string content (got {m!r:.80}).")
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+            raise VnminiError(f"{where}: no assistant message with content; nothing to learn from.")
+        out.append([{"role": m["role"], "content": m["content"]} for m in msgs])
     if not out:
         raise VnminiError(f"{path}: no conversations; the file is empty.")
     return out

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vnmini.errors import VnminiError
+from vnmini.jsonl import iter_jsonl
 from vnmini.text import normalize
 
 ROLES = ("system", "user", "assistant")
@@ -48,28 +49,23 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise VnminiError(f"--prompts {path}: no such file; give a .txt (one prompt per line) or a .jsonl.")
     items: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                items.append({"prompt": normalize(line.rstrip("\n"))})
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VnminiError(f"{where}: invalid JSON ({e.msg}); one object per line.") from e
-            if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
-                msgs = obj["messages"]
-                for m in msgs:
-                    if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-                        raise VnminiError(f"{where}: each message needs role in {ROLES} and a string content.")
-                items.append({"messages": [{"role": m["role"], "content": normalize(m["content"])} for m in msgs]})
-            elif isinstance(obj, dict) and isinstance(obj.get("prompt", obj.get("text")), str):
-                items.append({"prompt": normalize(obj.get("prompt", obj.get("text")))})
-            else:
-                raise VnminiError(f"{where}: needs \"prompt\" (or \"text\") or a non-empty \"messages\" list.")
+    if path.suffix != ".jsonl":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise VnminiError(f"--prompts {path}: not UTF-8 text ({e.reason}); save it as UTF-8.") from e
+        items = [{"prompt": normalize(line)} for line in lines if line.strip()]
+    for where, obj in iter_jsonl(path) if path.suffix == ".jsonl" else ():
+        if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
+            msgs = obj["messages"]
+            for m in msgs:
+                if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+                    raise VnminiError(f"{where}: each message needs role in {ROLES} and a string content.")
+            items.append({"messages": [{"role": m["role"], "content": normalize(m["content"])} for m in msgs]})
+        elif isinstance(obj, dict) and isinstance(obj.get("prompt", obj.get("text")), str):
+            items.append({"prompt": normalize(obj.get("prompt", obj.get("text")))})
+        else:
+            raise VnminiError(f"{where}: needs \"prompt\" (or \"text\") or a non-empty \"messages\" list.")
     if not items:
         raise VnminiError(f"--prompts {path}: no prompts in the file.")
     return items
