@@ -75,3 +75,27 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+LAW_LINES = [f"Điều {i}. Người lao động thứ {i} được hòa giải về thủy lợi, khỏe mạnh, quý trọng số {i * 7}."
+             for i in range(80)]
+
+
+@pytest.fixture(scope="session")
+def law_corpus():
+    """Builder: ``law_corpus(d)`` writes a 300-token tokenizer to d/tok and its shards to d/shards; returns the tokenizer."""
+
+    def build(d):
+        import json
+
+        from vnmini.shards import prepare_shards
+        from vnmini.tokenizer_train import train_tokenizer
+
+        tok = train_tokenizer(LAW_LINES, vocab_size=300, is_text=True)
+        tok.save(d / "tok")
+        (d / "c.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in LAW_LINES),
+                                   "utf-8")
+        prepare_shards([d / "c.jsonl"], tok, d / "shards", val_fraction=0.1, shard_tokens=1024, progress=False)
+        return tok
+
+    return build

@@ -16,23 +16,17 @@ from vnmini.distill import distill
 from vnmini.errors import VnminiError
 from vnmini.teacher_cache import write_teacher_cache
 
-LINES = [f"Điều {i}. Người lao động thứ {i} được hòa giải về thủy lợi, khỏe mạnh, quý trọng số {i * 7}." for i in range(80)]
 T = 16
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, law_corpus):
     from vnmini.models import LlamaForCausalLM, ModelConfig
 
     from vnmini.checkpoint import save_checkpoint
-    from vnmini.shards import prepare_shards
-    from vnmini.tokenizer_train import train_tokenizer
 
     d = tmp_path_factory.mktemp("dr")
-    tok = train_tokenizer(LINES, vocab_size=300, is_text=True)
-    tok.save(d / "tok")
-    (d / "c.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in LINES), "utf-8")
-    prepare_shards([d / "c.jsonl"], tok, d / "shards", val_fraction=0.1, shard_tokens=1024, progress=False)
+    tok = law_corpus(d)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
