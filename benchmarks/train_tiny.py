@@ -28,8 +28,8 @@ from train_speed import BENCH, bench_data  # noqa: E402
 @torch.no_grad()
 def heldout_bpb(ckpt: Path, heldout: Path, seq: int, max_tokens: int) -> tuple[float, int]:
     from vnmini.checkpoint import load_checkpoint
+    from vnmini.data.shards import ShardReader
     from vnmini.metrics import bits_per_byte, nll_and_bytes
-    from vnmini.shards import ShardReader
 
     ck = load_checkpoint(ckpt)
     model = ck.model.eval()
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     shards, tokdir = bench_data()
     heldout = BENCH / "heldout16384"

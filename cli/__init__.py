@@ -13,7 +13,7 @@ import sys
 import click
 import typer
 
-from vnmini import __version__
+from vnmini._version import __version__
 from vnmini.errors import VnminiError
 
 app = typer.Typer(
@@ -41,7 +41,7 @@ def _root(
 
 
 # Verb modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "distill", "chat", "evaluate", "bench", "export", "export_onnx", "quickstart"]
+COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "distill", "chat", "evaluate", "bench", "export", "quickstart"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"vnmini.cli.{_name}").register(app)

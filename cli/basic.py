@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from vnmini.errors import VnminiError
+from vnmini.runtime.sampling import DEFAULTS
 
 
 def info(
@@ -19,7 +20,7 @@ def info(
 
     Example: vnmini info runs/quickstart/teacher
     """
-    from vnmini.inspect import describe
+    from vnmini.info import describe
 
     if kernels:
         from vnmini.kernels import kernel_info
@@ -46,11 +47,11 @@ def info(
 def generate(
     model: Path = typer.Argument(..., help="Checkpoint folder, .gguf file or ONNX folder."),
     prompt: str = typer.Argument(..., help="The prompt text (normalized before tokenizing)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.7, "--temperature", "-t", help="0 = greedy."),
-    top_k: int = typer.Option(50, "--top-k"),
-    top_p: float = typer.Option(0.9, "--top-p"),
-    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty"),
+    max_new_tokens: int = typer.Option(DEFAULTS.max_new_tokens, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(DEFAULTS.temperature, "--temperature", "-t", help="0 = greedy."),
+    top_k: int = typer.Option(DEFAULTS.top_k, "--top-k"),
+    top_p: float = typer.Option(DEFAULTS.top_p, "--top-p"),
+    repetition_penalty: float = typer.Option(DEFAULTS.repetition_penalty, "--repetition-penalty"),
     stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable)."),
     seed: int | None = typer.Option(None, "--seed"),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt as a user turn with the chat template."),

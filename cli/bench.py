@@ -1,6 +1,6 @@
 """``vnmini bench MODEL [MODEL ...]``: prefill/decode tokens/s, time to first token, peak RAM and
 file size per model, next to this machine's measured memory-bandwidth ceiling. Thin wrapper
-over :func:`vnmini.bench.bench` (each model runs in its own process)."""
+over :func:`vnmini.eval.bench.bench` (each model runs in its own process)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def bench_cmd(
 
     Example: vnmini bench runs/q/chat runs/q/chat.q8_0.gguf runs/q/chat.q4_0.gguf -o bench_out
     """
-    from vnmini.bench import bench
+    from vnmini.eval.bench import bench
 
     res = bench(models, out_dir=out, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
                 warmup=warmup, threads=threads, bandwidth=not no_bandwidth, progress=True)

@@ -1,6 +1,6 @@
 """``vnmini chat MODEL``: interactive offline chat in the terminal.
 
-A thin loop around :class:`vnmini.chat_session.ChatSession`: read a line, stream
+A thin loop around :class:`vnmini.runtime.chat.ChatSession`: read a line, stream
 the answer, repeat. ``/reset`` forgets the conversation, ``/exit`` (or Ctrl-D)
 quits, ``/help`` lists the commands. Ctrl-C while an answer streams stops that
 answer (it stays in the history, cut where it stopped) and returns to the
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import typer
 
+from vnmini.runtime.sampling import DEFAULTS
+
 HELP = """commands:
   /reset   forget the conversation (the system prompt stays)
   /exit    quit (also /quit or Ctrl-D)
@@ -36,11 +38,11 @@ def _read_line(prompt: str) -> str:
 def chat(
     model: Path = typer.Argument(..., help="Checkpoint folder, .gguf file or ONNX folder."),
     system: str | None = typer.Option(None, "--system", "-s", help="System prompt (kept when old turns are dropped)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.7, "--temperature", "-t", help="0 = greedy."),
-    top_k: int = typer.Option(50, "--top-k"),
-    top_p: float = typer.Option(0.9, "--top-p"),
-    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty"),
+    max_new_tokens: int = typer.Option(DEFAULTS.max_new_tokens, "--max-new-tokens", "-n", help="Longest answer, in tokens."),
+    temperature: float = typer.Option(DEFAULTS.temperature, "--temperature", "-t", help="0 = greedy."),
+    top_k: int = typer.Option(DEFAULTS.top_k, "--top-k"),
+    top_p: float = typer.Option(DEFAULTS.top_p, "--top-p"),
+    repetition_penalty: float = typer.Option(DEFAULTS.repetition_penalty, "--repetition-penalty"),
     seed: int | None = typer.Option(None, "--seed"),
     backend: str | None = typer.Option(None, "--backend", help="torch, gguf or onnx (default: from the path)."),
     threads: int | None = typer.Option(None, "--threads"),
@@ -51,8 +53,8 @@ def chat(
     Example: vnmini chat runs/quickstart/chat.q4_0.gguf --system "Trả lời ngắn gọn."
     """
     import vnmini
-    from vnmini.chat_session import ChatSession
     from vnmini.errors import VnminiError
+    from vnmini.runtime.chat import ChatSession
 
     try:  # line editing and history where the platform has it (not on Windows)
         import readline  # noqa: F401

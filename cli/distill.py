@@ -15,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from vnmini.cli.train import _overrides, _print_summary
+
+from vnmini.cli.train import _overrides, _print_summary, cfg_opt
+from vnmini.runtime.sampling import DEFAULTS
 
 _O = typer.Option
 
@@ -34,38 +36,38 @@ def distill(
     skew_lambda: float = _O(0.1, "--skew-lambda", help="Skew KL mixing λ: KL(p ‖ λp + (1 − λ)q)."),
     data: Path = _O(None, "--data", "-d", help="Token shard folder (the teacher's tokenizer)."),
     config: Path = _O(None, "--config", "-c", help="TOML file of TrainConfig fields (flags override it)."),
-    out: Path = _O(None, "--out", "-o", help="Run folder (checkpoints, metrics.jsonl, loss.png). [runs/train]"),
-    preset: str = _O(None, "--student-preset", "--preset", "-p", help="Student shape: micro, tiny, mini, ... [tiny]"),
-    tokenizer: Path = _O(None, "--tokenizer", "-t", help="Tokenizer folder/json (default: the shards' own)."),
+    out: Path = cfg_opt("out", "-o"),
+    preset: str = cfg_opt("preset", "--preset", "-p", flag="--student-preset", note="The student's shape."),
+    tokenizer: Path = cfg_opt("tokenizer", "-t"),
     init_from: Path = _O(None, "--init-from", help="Start the student from this checkpoint (required for chat teacher text)."),
-    seq_len: int = _O(None, "--seq-len", help="Tokens per sequence (a cache's own with --teacher-cache). [256]"),
-    micro_batch: int = _O(None, "--micro-batch", help="Sequences per process per forward. [8]"),
-    global_batch_tokens: int = _O(None, "--global-batch-tokens", help="Tokens per optimizer step. [16384]"),
-    max_steps: int = _O(None, "--max-steps", help="Optimizer steps. [1000]"),
-    max_minutes: float = _O(None, "--max-minutes", help="Stop (with a final checkpoint) after this wall time."),
-    lr: float = _O(None, "--lr", help="Peak learning rate. [3e-3]"),
-    warmup_steps: int = _O(None, "--warmup-steps", help="Linear warmup steps. [50]"),
-    schedule: str = _O(None, "--schedule", help="cosine, wsd or constant. [cosine]"),
-    weight_decay: float = _O(None, "--weight-decay", help="AdamW decay on matrices. [0.1]"),
-    eval_every: int = _O(None, "--eval-every", help="Evaluate (loss, bits per byte) every N steps. [100]"),
-    eval_tokens: int = _O(None, "--eval-tokens", help="Validation tokens per evaluation. [65536]"),
-    sample_tokens: int = _O(None, "--sample-tokens", help="Tokens to sample at each eval (0 = none). [40]"),
-    save_every: int = _O(None, "--save-every", help="Checkpoint every N steps (0 = only the final). [500]"),
-    resume: bool = _O(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
-    seed: int = _O(None, "--seed", help="Seeds the init and the data order. [1337]"),
-    device: str = _O(None, "--device", help="Student device: auto, cpu, cuda or cuda:N. [auto]"),
-    dtype: str = _O(None, "--dtype", help="auto (bf16 autocast on CUDA), float32 or bfloat16. [auto]"),
-    compile: bool = _O(None, "--compile/--no-compile", help="torch.compile the student."),
-    kernels: str = _O(None, "--kernels", help="Loss kernels (CE and KD): auto, numba or torch. [auto]"),
-    fsdp: bool = _O(None, "--fsdp/--no-fsdp", help="Shard the student with FSDP2 under torchrun."),
-    threads: int = _O(None, "--threads", help="torch CPU threads."),
-    progress: bool = _O(None, "--progress/--no-progress", help="Show the progress bar. [on]"),
+    seq_len: int = cfg_opt("seq_len", note="With --teacher-cache: the cache's own."),
+    micro_batch: int = cfg_opt("micro_batch"),
+    global_batch_tokens: int = cfg_opt("global_batch_tokens"),
+    max_steps: int = cfg_opt("max_steps"),
+    max_minutes: float = cfg_opt("max_minutes"),
+    lr: float = cfg_opt("lr"),
+    warmup_steps: int = cfg_opt("warmup_steps"),
+    schedule: str = cfg_opt("schedule"),
+    weight_decay: float = cfg_opt("weight_decay"),
+    eval_every: int = cfg_opt("eval_every"),
+    eval_tokens: int = cfg_opt("eval_tokens"),
+    sample_tokens: int = cfg_opt("sample_tokens"),
+    save_every: int = cfg_opt("save_every"),
+    resume: bool = cfg_opt("resume"),
+    seed: int = cfg_opt("seed"),
+    device: str = cfg_opt("device", note="The student's device."),
+    dtype: str = cfg_opt("dtype"),
+    compile: bool = cfg_opt("compile"),
+    kernels: str = cfg_opt("kernels"),
+    fsdp: bool = cfg_opt("fsdp"),
+    threads: int = cfg_opt("threads"),
+    progress: bool = cfg_opt("progress"),
 ) -> None:
     """Train a student from a teacher: online logits, an offline cache, or teacher text.
 
     Example: vnmini distill --teacher runs/mini/final --student-preset micro --data shards/ --alpha 0.5 --kd skew
     """
-    from vnmini.distill import distill as run
+    from vnmini.training.distill import distill as run
 
     kd_args = ("teacher", "teacher_cache", "teacher_text", "teacher_device", "alpha", "kd", "temperature", "skew_lambda")
     values = {k: v for k, v in locals().items() if k not in ("config", "run", "kd_args")}
@@ -100,7 +102,7 @@ def cache(
     """
     import os
 
-    from vnmini.teacher_cache import write_teacher_cache
+    from vnmini.training.teacher_cache import write_teacher_cache
 
     m = write_teacher_cache(teacher, data, out, k=k, seq_len=seq_len, temperature=temperature, batch_size=batch_size,
                             windows_per_part=windows_per_part, split=split, device=device, max_windows=max_windows,
@@ -118,11 +120,11 @@ def generate(
     mode: str = _O("auto", "--mode", help="auto, complete (continue the prompt) or chat (answer it)."),
     system: str = _O(None, "--system", help="System message for --mode chat."),
     samples: int = _O(1, "--samples", help="Outputs per prompt."),
-    max_new_tokens: int = _O(256, "--max-new-tokens", help="Tokens per output."),
-    temperature: float = _O(0.7, "--temperature", help="Sampling temperature (0 = greedy)."),
-    top_k: int = _O(50, "--top-k", help="Top-k sampling."),
-    top_p: float = _O(0.9, "--top-p", help="Nucleus sampling."),
-    repetition_penalty: float = _O(1.1, "--repetition-penalty", help="Penalty on repeated tokens."),
+    max_new_tokens: int = _O(DEFAULTS.max_new_tokens, "--max-new-tokens", help="Tokens per output."),
+    temperature: float = _O(DEFAULTS.temperature, "--temperature", help="Sampling temperature (0 = greedy)."),
+    top_k: int = _O(DEFAULTS.top_k, "--top-k", help="Top-k sampling."),
+    top_p: float = _O(DEFAULTS.top_p, "--top-p", help="Nucleus sampling."),
+    repetition_penalty: float = _O(DEFAULTS.repetition_penalty, "--repetition-penalty", help="Penalty on repeated tokens."),
     seed: int = _O(0, "--seed", help="Output i is drawn with seed + i."),
     backend: str = _O(None, "--backend", help="torch, gguf, onnx or llama.cpp (default: from the path)."),
     device: str = _O("cpu", "--device", help="Device for a torch teacher."),
@@ -133,7 +135,7 @@ def generate(
 
     Example: vnmini teacher generate --teacher runs/mini/final --prompts prompts.txt --out teacher.jsonl
     """
-    from vnmini.teacher_generate import teacher_generate
+    from vnmini.training.teacher_generate import teacher_generate
 
     s = teacher_generate(teacher, prompts, out, mode=mode, system=system, samples=samples,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -1,7 +1,7 @@
 """``vnmini eval MODEL``: bits per byte / perplexity on text, multiple-choice accuracy (VMLU format).
 
 Works on every backend (checkpoint folder, ``.gguf``, ONNX folder) through the
-same :mod:`vnmini.evaluate` code, so one table compares them. Pass several
+same :mod:`vnmini.eval.bpb` code, so one table compares them. Pass several
 models to get that table directly.
 """
 
@@ -32,7 +32,8 @@ def eval_cmd(
     Example: vnmini eval runs/q/chat runs/q/chat.q4_0.gguf --text heldout.txt --mc sample
     """
     import vnmini
-    from vnmini.evaluate import eval_mc, eval_text, sample_mc_path
+    from vnmini.eval.bpb import eval_text
+    from vnmini.eval.mc import eval_mc, sample_mc_path
 
     if text is None and mc is None:
         raise VnminiError("vnmini eval: give --text FILE and/or --mc FILE.jsonl (or --mc sample).")

@@ -1,17 +1,13 @@
-"""``vnmini export``: the export verb group; this module owns ``vnmini export gguf``.
-
-:data:`export_app` is the sub-Typer every export engine adds its command to
-(``cli/export_onnx.py`` imports it and adds ``onnx``); :func:`register` mounts
-it on the root app as ``export`` and imports the sibling engine modules so
-their commands exist even if only this module is listed in COMMAND_MODULES.
+"""``vnmini export gguf`` and ``vnmini export onnx``: a checkpoint -> a file another runtime
+opens, quantized and verified (library calls: :func:`vnmini.export.to_gguf`,
+:func:`vnmini.export.to_onnx`; both return an ``ExportResult``).
 
     vnmini export gguf runs/quickstart/chat -o chat-q4_k_m.gguf --quant q4_k_m
+    vnmini export onnx runs/tiny/final -o out/onnx-int8 --quant int8
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 
 import typer
@@ -20,9 +16,6 @@ export_app = typer.Typer(
     help="Export a checkpoint for llama.cpp (GGUF) or ONNX Runtime, quantized and verified.",
     no_args_is_help=True,
 )
-
-# Modules that add commands to export_app when imported (missing ones are skipped).
-ENGINE_MODULES = ["export_onnx"]
 
 
 @export_app.command("gguf")
@@ -48,10 +41,6 @@ def export_gguf(
     """
     from vnmini.export.gguf_writer import to_gguf
 
-    from vnmini.errors import VnminiError
-
-    if verify_text is not None and not verify_text.is_file():
-        raise VnminiError(f"--verify-text {verify_text}: no such file; pass a UTF-8 .txt file.")
     res = to_gguf(checkpoint, output, quant=quant, force=force, verify=verify, verify_text=verify_text,
                   name=name, threads=threads, progress=True)
     types = ", ".join(f"{k} × {v}" for k, v in sorted(res.tensor_types.items()))
@@ -73,8 +62,36 @@ def export_gguf(
             raise typer.Exit(1)
 
 
+@export_app.command("onnx")
+def export_onnx(
+    checkpoint: Path = typer.Argument(..., help="A vnmini / Hugging Face Llama checkpoint folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (model.onnx + config, tokenizer, report)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or fp16 (for GPU execution providers)."),
+    quant: str = typer.Option("none", "--quant", "-q", help="none, int8 (quantize_dynamic) or int4 (MatMulNBits)."),
+    block_size: int = typer.Option(32, "--block-size", help="int4: weights per scale (power of two >= 16)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check against torch; write verify.json/.md."),
+    verify_text: Path | None = typer.Option(None, "--verify-text", "--text",
+                                            help="Held-out UTF-8 text for the bits-per-byte check "
+                                                 "(default: vnmini's bundled Vietnamese sample)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output folder."),
+    engine: str = typer.Option("torch", "--engine", help="torch (ours), or genai (onnxruntime-genai's builder)."),
+    external_data: bool | None = typer.Option(None, "--external-data/--no-external-data",
+                                              help="Weights in model.onnx.data (default: only over 2 GB)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset for the exporter."),
+) -> None:
+    """Export to ONNX with a KV cache, optionally quantized, and verify against torch.
+
+    Example: vnmini export onnx runs/tiny/final -o out/onnx-int4 --quant int4 --block-size 32
+    """
+    from vnmini.export.onnx_export import to_onnx
+
+    res = to_onnx(checkpoint, out, dtype=dtype, quant=quant, block_size=block_size, verify=verify,
+                  force=force, opset=opset, external_data=external_data, engine=engine, verify_text=verify_text)
+    typer.echo(f"wrote {res.path} ({res.size_bytes / 1e6:.1f} MB, {dtype}, quant {quant})")
+    if res.verify is not None:
+        typer.echo("verify: " + res.verify["summary"])
+        typer.echo(f"report: {res.report_paths[0]}")
+
+
 def register(app: typer.Typer) -> None:
-    for mod in ENGINE_MODULES:
-        if importlib.util.find_spec(f"vnmini.cli.{mod}") is not None:
-            importlib.import_module(f"vnmini.cli.{mod}")
     app.add_typer(export_app, name="export")

@@ -26,8 +26,8 @@ def train(
 
     Example: vnmini tokenizer train corpus/train --out tok/ --vocab-size 16384
     """
-    from vnmini.corpus import CorpusStats
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.data.corpus import CorpusStats
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     st = CorpusStats()
     tok = train_tokenizer([str(p) for p in paths], vocab_size, pre, field=field, column=column, doc_sep=doc_sep,
@@ -50,8 +50,8 @@ def evaluate(
 
     Example: vnmini tokenizer eval tok/ corpus/heldout/ llama3/tokenizer.json
     """
-    from vnmini.corpus import read_documents
-    from vnmini.tokenizer_train import fertility_table, load_any_tokenizer, tokenizer_fertility
+    from vnmini.data.corpus import read_documents
+    from vnmini.text.tokenizer_train import fertility_table, load_any_tokenizer, tokenizer_fertility
 
     rows = []
     for path in [tokenizer, *(others or [])]:

@@ -1,7 +1,8 @@
 """``vnmini train``, ``vnmini sft`` and ``vnmini data sft-from-statutes``.
 
 Every flag defaults to "unset", so the precedence is: TrainConfig defaults ←
-``--config file.toml`` ← flags. The same commands scale out unchanged::
+``--config file.toml`` ← flags; each flag's help and ``[default]`` come from
+the TrainConfig field itself (:func:`cfg_opt`), so they cannot drift. The same commands scale out unchanged::
 
     torchrun --nproc-per-node 8 -m vnmini.cli train --config teacher.toml
 """
@@ -13,7 +14,22 @@ from typing import Any
 
 import typer
 
+from vnmini.training.config import BOOL_FIELDS, SFT_DEFAULTS, field_help
+
 _O = typer.Option
+
+
+def cfg_opt(name: str, *aliases: str, base: dict[str, Any] | None = None, flag: str | None = None,
+            help: str | None = None, note: str = "") -> Any:
+    """A ``--flag`` for TrainConfig field ``name``: unset by default, help and [default] from TrainConfig.
+
+    Unset (None) means "the config file's value, else TrainConfig's", so flags override ``--config``.
+    ``note`` is said before the field's own help; ``help`` replaces it.
+    """
+    dashed = flag or "--" + name.replace("_", "-")
+    if name in BOOL_FIELDS:
+        dashed = f"{dashed}/--no-{dashed[2:]}"
+    return _O(None, dashed, *aliases, help=help or " ".join(x for x in (note, field_help(name, base)) if x))
 
 
 def _overrides(values: dict[str, Any]) -> dict[str, Any]:
@@ -31,85 +47,85 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def train(
-    data: Path = _O(None, "--data", "-d", help="Token shard folder from `vnmini data prepare`."),
+    data: Path = cfg_opt("data", "-d"),
     config: Path = _O(None, "--config", "-c", help="TOML file of TrainConfig fields (flags override it)."),
-    out: Path = _O(None, "--out", "-o", help="Run folder (checkpoints, metrics.jsonl, loss.png). [runs/train]"),
-    preset: str = _O(None, "--preset", "-p", help="Model shape: micro, tiny, mini, small, medium, large. [tiny]"),
-    tokenizer: Path = _O(None, "--tokenizer", "-t", help="Tokenizer folder/json (default: the shards' own)."),
-    init_from: Path = _O(None, "--init-from", help="Start from this checkpoint instead of a fresh preset."),
-    seq_len: int = _O(None, "--seq-len", help="Tokens per sequence. [256]"),
-    micro_batch: int = _O(None, "--micro-batch", help="Sequences per process per forward. [8]"),
-    global_batch_tokens: int = _O(None, "--global-batch-tokens", help="Tokens per optimizer step (all processes). [16384]"),
-    max_steps: int = _O(None, "--max-steps", help="Optimizer steps. [1000]"),
-    max_minutes: float = _O(None, "--max-minutes", help="Stop (with a final checkpoint) after this wall time."),
-    lr: float = _O(None, "--lr", help="Peak learning rate. [3e-3]"),
-    min_lr_ratio: float = _O(None, "--min-lr-ratio", help="Final lr as a fraction of --lr. [0.1]"),
-    warmup_steps: int = _O(None, "--warmup-steps", help="Linear warmup steps. [50]"),
-    schedule: str = _O(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant. [cosine]"),
-    decay_fraction: float = _O(None, "--decay-fraction", help="wsd: fraction of steps that decay. [0.2]"),
-    weight_decay: float = _O(None, "--weight-decay", help="AdamW decay on matrices (not norms/embeddings). [0.1]"),
-    grad_clip: float = _O(None, "--grad-clip", help="Clip the global gradient norm (0 = off). [1.0]"),
-    eval_every: int = _O(None, "--eval-every", help="Evaluate (loss, bits per byte, a sample) every N steps. [100]"),
-    eval_tokens: int = _O(None, "--eval-tokens", help="Validation tokens per evaluation. [65536]"),
-    sample_prompt: str = _O(None, "--sample-prompt", help="Prompt of the sample generation logged at each eval."),
-    sample_tokens: int = _O(None, "--sample-tokens", help="Tokens to sample at each eval (0 = none). [40]"),
-    save_every: int = _O(None, "--save-every", help="Checkpoint every N steps (0 = only the final). [500]"),
-    keep_last: int = _O(None, "--keep-last", help="Step checkpoints to keep. [2]"),
-    resume: bool = _O(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
-    seed: int = _O(None, "--seed", help="Seeds the init and the data order. [1337]"),
-    device: str = _O(None, "--device", help="auto, cpu, cuda or cuda:N. [auto]"),
-    dtype: str = _O(None, "--dtype", help="auto (bf16 autocast on CUDA), float32 or bfloat16. [auto]"),
-    compile: bool = _O(None, "--compile/--no-compile", help="torch.compile the model."),
-    grad_checkpointing: bool = _O(None, "--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing."),
-    kernels: str = _O(None, "--kernels", help="Cross-entropy: auto, numba or torch. [auto]"),
-    fsdp: bool = _O(None, "--fsdp/--no-fsdp", help="Shard with FSDP2 under torchrun (teachers that don't fit one GPU)."),
-    threads: int = _O(None, "--threads", help="torch CPU threads."),
-    log_every: int = _O(None, "--log-every", help="Refresh tokens/s every N steps. [10]"),
-    progress: bool = _O(None, "--progress/--no-progress", help="Show the progress bar. [on]"),
+    out: Path = cfg_opt("out", "-o"),
+    preset: str = cfg_opt("preset", "-p"),
+    tokenizer: Path = cfg_opt("tokenizer", "-t"),
+    init_from: Path = cfg_opt("init_from"),
+    seq_len: int = cfg_opt("seq_len"),
+    micro_batch: int = cfg_opt("micro_batch"),
+    global_batch_tokens: int = cfg_opt("global_batch_tokens"),
+    max_steps: int = cfg_opt("max_steps"),
+    max_minutes: float = cfg_opt("max_minutes"),
+    lr: float = cfg_opt("lr"),
+    min_lr_ratio: float = cfg_opt("min_lr_ratio"),
+    warmup_steps: int = cfg_opt("warmup_steps"),
+    schedule: str = cfg_opt("schedule"),
+    decay_fraction: float = cfg_opt("decay_fraction"),
+    weight_decay: float = cfg_opt("weight_decay"),
+    grad_clip: float = cfg_opt("grad_clip"),
+    eval_every: int = cfg_opt("eval_every"),
+    eval_tokens: int = cfg_opt("eval_tokens"),
+    sample_prompt: str = cfg_opt("sample_prompt"),
+    sample_tokens: int = cfg_opt("sample_tokens"),
+    save_every: int = cfg_opt("save_every"),
+    keep_last: int = cfg_opt("keep_last"),
+    resume: bool = cfg_opt("resume"),
+    seed: int = cfg_opt("seed"),
+    device: str = cfg_opt("device"),
+    dtype: str = cfg_opt("dtype"),
+    compile: bool = cfg_opt("compile"),
+    grad_checkpointing: bool = cfg_opt("grad_checkpointing"),
+    kernels: str = cfg_opt("kernels"),
+    fsdp: bool = cfg_opt("fsdp"),
+    threads: int = cfg_opt("threads"),
+    log_every: int = cfg_opt("log_every"),
+    progress: bool = cfg_opt("progress"),
 ) -> None:
     """Pretrain a model on token shards; resumable, one or many processes.
 
     Example: vnmini train --data shards/ --preset tiny --max-steps 2000 --out runs/tiny
     """
-    from vnmini.train import train as run
+    from vnmini.training.pretrain import train as run
 
     ov = _overrides({k: v for k, v in locals().items() if k not in ("config", "run")})
     _print_summary(run(config, **ov))
 
 
 def sft(
-    data: Path = _O(None, "--data", "-d", help="Messages JSONL: {\"messages\": [{\"role\", \"content\"}, ...]} per line."),
-    init_from: Path = _O(None, "--init-from", "-m", help="The checkpoint to fine-tune (with its tokenizer)."),
+    data: Path = cfg_opt("data", "-d", help="Messages JSONL: {\"messages\": [{\"role\", \"content\"}, ...]} per line."),
+    init_from: Path = cfg_opt("init_from", "-m", help="The checkpoint to fine-tune (with its tokenizer)."),
     config: Path = _O(None, "--config", "-c", help="TOML file of TrainConfig fields (flags override it)."),
-    out: Path = _O(None, "--out", "-o", help="Run folder. [runs/sft]"),
-    seq_len: int = _O(None, "--seq-len", help="Row length conversations are packed into. [256]"),
-    micro_batch: int = _O(None, "--micro-batch", help="Rows per process per forward. [8]"),
-    global_batch_tokens: int = _O(None, "--global-batch-tokens", help="Tokens per optimizer step. [8192]"),
-    max_steps: int = _O(None, "--max-steps", help="Optimizer steps. [300]"),
-    max_minutes: float = _O(None, "--max-minutes", help="Stop (with a final checkpoint) after this wall time."),
-    lr: float = _O(None, "--lr", help="Peak learning rate. [3e-4]"),
-    warmup_steps: int = _O(None, "--warmup-steps", help="Linear warmup steps. [20]"),
-    schedule: str = _O(None, "--schedule", help="cosine, wsd or constant. [cosine]"),
-    weight_decay: float = _O(None, "--weight-decay", help="AdamW decay on matrices. [0.0]"),
-    val_fraction: float = _O(None, "--val-fraction", help="Conversations held out for eval. [0.05]"),
-    eval_every: int = _O(None, "--eval-every", help="Evaluate every N steps. [50]"),
-    eval_tokens: int = _O(None, "--eval-tokens", help="Held-out tokens per evaluation. [65536]"),
-    sample_prompt: str = _O(None, "--sample-prompt", help="User message answered at each eval."),
-    sample_tokens: int = _O(None, "--sample-tokens", help="Tokens of that answer (0 = none). [40]"),
-    save_every: int = _O(None, "--save-every", help="Checkpoint every N steps. [100]"),
-    keep_last: int = _O(None, "--keep-last", help="Step checkpoints to keep. [2]"),
-    resume: bool = _O(None, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
-    seed: int = _O(None, "--seed", help="Seeds the data order. [1337]"),
-    device: str = _O(None, "--device", help="auto, cpu, cuda or cuda:N. [auto]"),
-    kernels: str = _O(None, "--kernels", help="Cross-entropy: auto, numba or torch. [auto]"),
-    threads: int = _O(None, "--threads", help="torch CPU threads."),
-    progress: bool = _O(None, "--progress/--no-progress", help="Show the progress bar. [on]"),
+    out: Path = cfg_opt("out", "-o", base=SFT_DEFAULTS),
+    seq_len: int = cfg_opt("seq_len", base=SFT_DEFAULTS),
+    micro_batch: int = cfg_opt("micro_batch", base=SFT_DEFAULTS),
+    global_batch_tokens: int = cfg_opt("global_batch_tokens", base=SFT_DEFAULTS),
+    max_steps: int = cfg_opt("max_steps", base=SFT_DEFAULTS),
+    max_minutes: float = cfg_opt("max_minutes", base=SFT_DEFAULTS),
+    lr: float = cfg_opt("lr", base=SFT_DEFAULTS),
+    warmup_steps: int = cfg_opt("warmup_steps", base=SFT_DEFAULTS),
+    schedule: str = cfg_opt("schedule", base=SFT_DEFAULTS),
+    weight_decay: float = cfg_opt("weight_decay", base=SFT_DEFAULTS),
+    val_fraction: float = cfg_opt("val_fraction", base=SFT_DEFAULTS),
+    eval_every: int = cfg_opt("eval_every", base=SFT_DEFAULTS),
+    eval_tokens: int = cfg_opt("eval_tokens", base=SFT_DEFAULTS),
+    sample_prompt: str = cfg_opt("sample_prompt", base=SFT_DEFAULTS),
+    sample_tokens: int = cfg_opt("sample_tokens", base=SFT_DEFAULTS),
+    save_every: int = cfg_opt("save_every", base=SFT_DEFAULTS),
+    keep_last: int = cfg_opt("keep_last", base=SFT_DEFAULTS),
+    resume: bool = cfg_opt("resume", base=SFT_DEFAULTS),
+    seed: int = cfg_opt("seed", base=SFT_DEFAULTS),
+    device: str = cfg_opt("device", base=SFT_DEFAULTS),
+    kernels: str = cfg_opt("kernels", base=SFT_DEFAULTS),
+    threads: int = cfg_opt("threads", base=SFT_DEFAULTS),
+    progress: bool = cfg_opt("progress", base=SFT_DEFAULTS),
 ) -> None:
     """Chat fine-tuning: loss on assistant tokens only, packed without crossing conversations.
 
     Example: vnmini sft --data data/sft.jsonl --init-from runs/tiny/final --out runs/tiny-chat
     """
-    from vnmini.sft import sft as run
+    from vnmini.training.sft import sft as run
 
     ov = _overrides({k: v for k, v in locals().items() if k not in ("config", "run")})
     _print_summary(run(config, **ov))
@@ -126,7 +142,7 @@ def sft_from_statutes(
 
     Example: vnmini data sft-from-statutes corpus/ --out data/sft.jsonl
     """
-    from vnmini.sft_data import build_statute_sft
+    from vnmini.data.sft_statutes import build_statute_sft
 
     s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars, max_conversations=max_conversations)
     for code, n in s["codes"].items():
@@ -137,9 +153,6 @@ def sft_from_statutes(
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("sft")(sft)
-    try:  # `data` is the shard verb group's sub-Typer; add our builder to it
-        from vnmini.cli.data import app as data_app
-    except ImportError:
-        data_app = typer.Typer(help="Data preparation.", no_args_is_help=True)
-        app.add_typer(data_app, name="data")
+    from vnmini.cli.data import app as data_app  # `data` is the shard verb group; add our builder to it
+
     data_app.command("sft-from-statutes")(sft_from_statutes)

@@ -5,6 +5,9 @@
   tokenizer and chat template inside, verified against llama-cpp-python.
 - :func:`to_onnx` — an ONNX decoder with KV cache (``onnx_export.py`` and friends).
 
+Both return an :class:`ExportResult` (path, format, quant, size, verify report)
+and read ``verify_text`` the same way (:mod:`vnmini.export.result`).
+
 Names are resolved lazily (module ``__getattr__``) so that importing
 ``vnmini.export`` costs nothing and one missing optional backend never breaks
 the others:
@@ -23,7 +26,8 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "to_gguf": "gguf_writer",
     "GGUF_QUANTS": "gguf_writer",
-    "GGUFExport": "gguf_writer",
+    "ExportResult": "result",
+    "read_verify_text": "result",
     "verify_gguf": "gguf_verify",
     "describe_gguf": "gguf_inspect",
     "to_onnx": "onnx_export",

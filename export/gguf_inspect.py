@@ -32,7 +32,7 @@ def file_type_name(ftype: int | None) -> str:
 
 def describe_gguf(path: str | Path) -> dict[str, Any]:
     """A flat dict of the file's model, tokenizer, quantization and provenance."""
-    from vnmini.export.gguf_tokenizer import KEY_TOKENIZER_HASH, field_value
+    from vnmini.text.gguf_vocab import KEY_TOKENIZER_HASH, field_value
 
     path = Path(path)
     if not path.is_file():

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from vnmini.atomic import write_json, write_text
-from vnmini.backend_gguf import open_llama
 from vnmini.errors import VnminiError
-from vnmini.metrics import bits_per_byte, kl_divergence, max_relative_error, nll_and_bytes, top1_agreement
+from vnmini.export.result import read_verify_text
+from vnmini.metrics import BpbMeter, kl_divergence, max_relative_error, top1_agreement
+from vnmini.runtime.gguf_backend import open_llama
 
 F32_MAX_REL_ERR = 1e-3
 DBPB_TARGETS = {"q8_0": 0.01, "q4_k_m": 0.06}
@@ -52,22 +53,6 @@ CHAT_PROBE = [
     {"role": "assistant", "content": "Điều 1 quy định phạm vi điều chỉnh.\nBạn cần gì thêm?"},
     {"role": "user", "content": "Cảm ơn   bạn, hoà thuận nhé."},
 ]
-
-
-def default_text() -> str:
-    """The bundled held-out Vietnamese sample (not part of the default training corpus)."""
-    return (Path(__file__).resolve().parents[1] / "vnmini" / "data" / "vi_sample.txt").read_text(encoding="utf-8")
-
-
-def _read_text(text: str | Path | None) -> str:
-    if text is None:
-        return default_text()
-    if isinstance(text, Path):
-        try:
-            return text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise VnminiError(f"{text}: cannot read it as UTF-8 text ({e}); pass a .txt file.") from e
-    return text
 
 
 # ------------------------------------------------------------------ metrics
@@ -157,7 +142,7 @@ def verify_gguf(
     """Run all four checks on ``path`` against ``ckpt`` (a loaded Checkpoint). Returns the report dict."""
     path = Path(path)
     tok, model, cfg = ckpt.tokenizer, ckpt.model.float().eval(), ckpt.config
-    body = tok.normalize(_read_text(text))
+    body = tok.normalize(read_verify_text(text))
     if not body.strip():
         raise VnminiError("--verify-text is empty; give some Vietnamese text.")
     n_ctx = cfg.max_position_embeddings
@@ -192,13 +177,11 @@ def verify_gguf(
         tb = tok.token_bytes
         if len(tb) < cfg.vocab_size:
             tb = np.concatenate([tb, np.zeros(cfg.vocab_size - len(tb), dtype=tb.dtype)])
-        nats_t = nats_g = 0.0
-        nbytes = 0
+        meter_t, meter_g = BpbMeter(tb), BpbMeter(tb)
         for r, g, seg in zip(ref_parts, got_parts, tgt_ids, strict=True):
-            nt, nb = nll_and_bytes(r[:-1], seg[1:], tb)  # logits[t] predicts seg[t+1]
-            ng, _ = nll_and_bytes(g[:-1], seg[1:], tb)
-            nats_t, nats_g, nbytes = nats_t + nt, nats_g + ng, nbytes + nb
-        bpb_t, bpb_g = bits_per_byte(nats_t, nbytes), bits_per_byte(nats_g, nbytes)
+            meter_t.add(r[:-1], np.asarray(seg[1:]))  # logits[t] predicts seg[t+1]
+            meter_g.add(g[:-1], np.asarray(seg[1:]))
+        bpb_t, bpb_g, nbytes = meter_t.bpb, meter_g.bpb, meter_t.bytes
         target = DBPB_TARGETS.get(quant)
         rel = (bpb_g - bpb_t) / bpb_t
         quality = {"bytes": nbytes, "tokens": len(ids) - 1, "bpb_torch": bpb_t, "bpb_gguf": bpb_g,

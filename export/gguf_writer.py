@@ -35,7 +35,6 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import torch
 
 from vnmini.atomic import atomic_path
 from vnmini.errors import VnminiError
+from vnmini.export.result import ExportResult, read_verify_text
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -65,19 +65,6 @@ K_QUANTS: dict[str, str] = {
 }
 GGUF_QUANTS: tuple[str, ...] = (*DIRECT_QUANTS, *K_QUANTS)
 _BLOCK_QUANTS = (Q.Q8_0, Q.Q4_0)
-
-
-@dataclass
-class GGUFExport:
-    """What :func:`to_gguf` wrote."""
-
-    path: Path
-    quant: str
-    size_bytes: int
-    tensor_types: dict[str, int]               # GGML type name -> number of tensors
-    fallbacks: list[str] = field(default_factory=list)  # "blk.0.attn_q.weight: f16 (row 48 % 32 != 0)"
-    verify: dict[str, Any] | None = None       # the verification report (None with verify=False)
-    report_paths: list[Path] = field(default_factory=list)
 
 
 # --------------------------------------------------------------- quantizers
@@ -216,9 +203,9 @@ def write_gguf(ckpt, path: Path, quant: str, name: str | None = None, license: s
                progress: bool = False) -> list[str]:
     """Write ``ckpt`` to ``path`` (no temp/rename here) in a direct quant. Returns the fallbacks."""
     from rich.progress import Progress
-    from vnmini.export.gguf_tokenizer import add_tokenizer_metadata
 
-    from vnmini import __version__
+    from vnmini._version import __version__
+    from vnmini.export.gguf_tokenizer import add_tokenizer_metadata
 
     cfg, model, tok, prov = ckpt.config, ckpt.model, ckpt.tokenizer, ckpt.provenance or {}
     ftype = DIRECT_QUANTS[quant][0]
@@ -312,7 +299,7 @@ def to_gguf(
     license: str | None = None,
     threads: int | None = None,
     progress: bool = False,
-) -> GGUFExport:
+) -> ExportResult:
     """Export a checkpoint folder (or a loaded :class:`vnmini.checkpoint.Checkpoint`) to GGUF.
 
     ``quant`` is one of :data:`GGUF_QUANTS`. With ``verify`` (default) the file
@@ -325,8 +312,7 @@ def to_gguf(
     if quant not in GGUF_QUANTS:
         raise VnminiError(f"--quant {quant!r} is unknown; choose one of {', '.join(GGUF_QUANTS)}.")
     output = _check_output(Path(output), force)
-    if verify_text is not None and not isinstance(verify_text, str) and not Path(verify_text).is_file():
-        raise VnminiError(f"{verify_text}: no such text file for --verify-text.")
+    verify_text = read_verify_text(verify_text) if verify else None  # a bad --verify-text fails before writing
     ckpt = _load(checkpoint)
     try:
         with atomic_path(output) as tmp:
@@ -345,8 +331,8 @@ def to_gguf(
     except OSError as e:
         raise VnminiError(f"{output}: could not be written ({e.strerror or e}); check the disk and the path.") from e
     types = tensor_types(output)
-    result = GGUFExport(path=output, quant=quant, size_bytes=output.stat().st_size,
-                        tensor_types=dict(Counter(types.values())), fallbacks=fallbacks)
+    result = ExportResult(path=output, format="gguf", quant=quant, size_bytes=output.stat().st_size,
+                          tensor_types=dict(Counter(types.values())), fallbacks=fallbacks)
     if verify:
         from vnmini.export.gguf_verify import verify_gguf, write_report
 

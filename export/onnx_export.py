@@ -2,7 +2,7 @@
 
 One decoder graph serves prefill and decode. Its inputs and outputs carry the
 names Optimum and ONNX Runtime GenAI use, so their loaders (and ours,
-:class:`vnmini.backend_onnx.ONNXGenerator`) can drive it:
+:class:`vnmini.runtime.onnx_backend.ONNXGenerator`) can drive it:
 
     input_ids [b, s] int64, attention_mask [b, p+s] int64, position_ids [b, s] int64,
     past_key_values.{i}.key|value [b, kv_heads, p, head_dim]
@@ -44,6 +44,7 @@ from torch import nn
 
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
+from vnmini.export.result import ExportResult
 
 EXPORT_META = "onnx_export.json"
 MODEL_FILE = "model.onnx"
@@ -86,9 +87,9 @@ class _ExplicitPastCache:
 class OnnxDecoder(nn.Module):
     """``forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present)``.
 
-    Reuses the model's embedding, rotary table, layers, norm and head; only
-    the mask is built here (shape-generic: causal, plus padding from
-    ``attention_mask``), so nothing depends on Python ints at trace time.
+    Runs the model's own forward; only the mask is built here (shape-generic:
+    causal, plus padding from ``attention_mask``), so nothing depends on Python
+    ints at trace time.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -99,9 +100,6 @@ class OnnxDecoder(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         cache = _ExplicitPastCache(list(past))
-        inner = self.model.model
-        x = inner.embed_tokens(input_ids)
-        cos, sin = inner.rotary_emb(position_ids, x.dtype)
         q_len = input_ids.shape[1]
         total = attention_mask.shape[1]  # = past + q_len
         # Query i sits at absolute slot (total - q_len + i); it sees slots <= itself that are not padding.
@@ -110,9 +108,7 @@ class OnnxDecoder(nn.Module):
         mask = (k_pos <= q_pos)[None, None] & attention_mask[:, None, None, :].bool()
         # A fully padded query row would softmax over nothing (NaN); let it see itself, like build_mask.
         mask = mask | (k_pos == q_pos)[None, None]
-        for layer in inner.layers:
-            x = layer(x, cos, sin, mask, cache)
-        logits = self.model.lm_head(inner.norm(x))
+        logits = self.model(input_ids, cache=cache, position_ids=position_ids, mask=mask)
         return (logits, *cache.present)
 
 
@@ -157,6 +153,7 @@ def export_graph(model: nn.Module, path: Path, opset: int = 17) -> Path:
 def save_model(src: Path, dst: Path, external_data: bool | None = None) -> Path:
     """(Re)write an ONNX file; weights go to ``<name>.data`` when ``external_data`` (None: when over 2 GB)."""
     import onnx
+
     from vnmini.export.onnx_quant import save_proto
 
     return save_proto(onnx.load(str(src), load_external_data=True), dst, external_data)
@@ -186,9 +183,9 @@ def to_onnx(
     opset: int = 17,
     external_data: bool | None = None,
     engine: str = "torch",
-    verify_text: str | None = None,
-) -> Path:
-    """Export ``checkpoint`` to the folder ``out_dir``; returns it.
+    verify_text: str | Path | None = None,
+) -> ExportResult:
+    """Export ``checkpoint`` to the folder ``out_dir``; returns an :class:`ExportResult`.
 
     ``dtype`` fp32|fp16 (fp16 is for GPU execution providers), ``quant``
     none|int8 (``quantize_dynamic``)|int4 (``MatMulNBitsQuantizer``, weight-only,
@@ -241,6 +238,7 @@ def to_onnx(
             "outputs": io_names(ckpt.config.num_hidden_layers)[1],
         }
         write_json(tmp / EXPORT_META, meta)
+        report = None
         if verify:
             from vnmini.export.onnx_verify import verify_onnx, write_report
 
@@ -248,11 +246,17 @@ def to_onnx(
             write_report(tmp, report)
             if not report["passed"]:
                 raise VnminiError(f"{out_dir}: ONNX verification failed ({report['summary']}); nothing was written.")
-    return out_dir
+    return onnx_result(out_dir, quant if quant != "none" else dtype, report)
+
+
+def onnx_result(folder: Path, quant: str, report: dict[str, Any] | None) -> ExportResult:
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(MODEL_FILE))
+    paths = [folder / "verify.md", folder / "verify.json"] if report is not None else []
+    return ExportResult(path=folder, format="onnx", quant=quant, size_bytes=size, verify=report, report_paths=paths)
 
 
 def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, block_size: int,
-                   verify: bool, verify_text: str | None) -> Path:
+                   verify: bool, verify_text: str | Path | None) -> ExportResult:
     """ONNX Runtime GenAI's builder: fused GroupQueryAttention graph + genai_config.json."""
     import subprocess
     import sys
@@ -266,7 +270,10 @@ def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, bloc
         cache = tmp / ".cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(tmp),
                "-p", precision, "-e", "cpu", "-c", str(cache), "--extra_options", f"int4_block_size={block_size}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        except subprocess.TimeoutExpired as e:
+            raise VnminiError(f"onnxruntime_genai builder on {checkpoint} ran over an hour; stopped it.") from e
         if res.returncode != 0:
             tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
             raise VnminiError(f"onnxruntime_genai builder failed on {checkpoint}: {tail[0]}")
@@ -277,6 +284,7 @@ def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, bloc
         write_json(tmp / EXPORT_META, {"format": "onnxruntime-genai", "engine": "genai", "dtype": dtype,
                                        "quant": quant, "block_size": block_size if quant == "int4" else None,
                                        "source": str(checkpoint.resolve())})
+        report = None
         if verify:  # our backend drives GenAI's graph too (same I/O names), so the same proof applies
             from vnmini.export.onnx_verify import verify_onnx, write_report
 
@@ -284,7 +292,7 @@ def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, bloc
             write_report(tmp, report)
             if not report["passed"]:
                 raise VnminiError(f"{out_dir}: ONNX verification failed ({report['summary']}); nothing was written.")
-    return out_dir
+    return onnx_result(out_dir, quant if quant != "none" else dtype, report)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:

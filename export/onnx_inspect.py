@@ -26,6 +26,7 @@ def _shape(vi) -> list:
 def describe_onnx(folder: str | Path) -> dict[str, Any]:
     """A flat dict of what ``folder`` (with ``model.onnx``) holds."""
     import onnx
+
     from vnmini.export.onnx_export import read_meta
 
     folder = Path(folder)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from vnmini.atomic import write_json, write_text
-from vnmini.metrics import bits_per_byte, kl_divergence, max_relative_error, nll_and_bytes, top1_agreement
+from vnmini.export.result import read_verify_text
+from vnmini.metrics import BpbMeter, kl_divergence, max_relative_error, top1_agreement
 
 FP32_MAX_REL_ERR = 1e-4
 # Quantized variants are not bit-faithful; this only catches a broken graph (random
@@ -35,21 +36,11 @@ FP32_MAX_REL_ERR = 1e-4
 QUANT_MAX_KL = 1.0
 
 # Held-out text when none is given (not from the statutes the default corpus trains on).
-DEFAULT_TEXT = (
-    "Sáng nay, chợ phiên ở thị trấn vùng cao đông vui hơn mọi khi. Người dân từ các bản xa mang "
-    "rau rừng, mật ong, vải thổ cẩm và gà đồi xuống bán. Một cụ bà ngồi bên gánh ngô luộc kể rằng "
-    "năm nay mưa thuận gió hòa nên mùa màng bội thu. Du khách thích thú chụp ảnh những sạp hàng rực rỡ "
-    "sắc màu, thưởng thức bát thắng cố nóng hổi và hỏi mua vài chiếc khăn thêu tay làm quà. Đến trưa, "
-    "sương tan, nắng vàng trải khắp sườn đồi; tiếng khèn, tiếng cười nói rộn ràng cả một góc trời. "
-    "Buổi chiều, các em học sinh được thầy cô hướng dẫn cách trồng cây, tưới nước và ghi chép nhật ký "
-    "thời tiết. Trong thư viện nhỏ của trường, sách truyện, từ điển và bản đồ được xếp ngay ngắn."
-)
-
 
 def _text_ids(tokenizer, text: str | None, n: int, vocab: int, seed: int) -> list[int]:
     """``n`` ids: the tokenized text (BOS first) when there is a tokenizer, else random ids."""
     if tokenizer is not None:
-        ids = tokenizer.encode(text or DEFAULT_TEXT, add_bos=True)
+        ids = tokenizer.encode(read_verify_text(text), add_bos=True)
         if len(ids) >= n:
             return ids[:n]
     else:
@@ -61,7 +52,7 @@ def _text_ids(tokenizer, text: str | None, n: int, vocab: int, seed: int) -> lis
 def verify_onnx(
     folder: str | Path,
     checkpoint: Any,
-    text: str | None = None,
+    text: str | Path | None = None,
     prompt_len: int = 16,
     decode_steps: int = 32,
     quality_tokens: int = 1024,
@@ -69,11 +60,10 @@ def verify_onnx(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Check the ONNX folder against ``checkpoint`` (a path or a loaded :class:`Checkpoint`)."""
-    from vnmini.export.onnx_export import read_meta
-
-    from vnmini.backend_onnx import ONNXGenerator
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.generation import TorchGenerator
+    from vnmini.export.onnx_export import read_meta
+    from vnmini.runtime.onnx_backend import ONNXGenerator
+    from vnmini.runtime.torch_backend import TorchGenerator
 
     folder = Path(folder)
     ckpt = load_checkpoint(checkpoint, dtype=torch.float32) if isinstance(checkpoint, str | Path) else checkpoint
@@ -114,7 +104,7 @@ def verify_onnx(
 
     # ---- quality on held-out text (windows of at most the context length; no filler ids)
     if tok is not None:
-        stream = tok.encode(text or DEFAULT_TEXT, add_bos=True)[:quality_tokens]
+        stream = tok.encode(read_verify_text(text), add_bos=True)[:quality_tokens]
     else:
         stream = _text_ids(None, None, quality_tokens, cfg.vocab_size, seed + 1)
     if len(stream) < 8:
@@ -135,11 +125,10 @@ def verify_onnx(
         "kl_torch_onnx": kl_divergence(t_logits, o_logits),
     }
     if tok is not None:
-        tb = tok.token_bytes
-        nll_t, nbytes = nll_and_bytes(t_logits, np.asarray(targets), tb)
-        nll_o, _ = nll_and_bytes(o_logits, np.asarray(targets), tb)
-        quality.update({"bytes": nbytes, "bpb_torch": bits_per_byte(nll_t, nbytes),
-                        "bpb_onnx": bits_per_byte(nll_o, nbytes)})
+        meter_t, meter_o = BpbMeter(tok.token_bytes), BpbMeter(tok.token_bytes)
+        meter_t.add(t_logits, np.asarray(targets))
+        meter_o.add(o_logits, np.asarray(targets))
+        quality.update({"bytes": meter_t.bytes, "bpb_torch": meter_t.bpb, "bpb_onnx": meter_o.bpb})
         quality["delta_bpb"] = quality["bpb_onnx"] - quality["bpb_torch"]
 
     checks: dict[str, bool] = {"finite": parity["finite"] and bool(np.isfinite(o_logits).all())}

@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from vnmini.models.config import ModelConfig
-from vnmini.models.llama import LlamaForCausalLM
 
 from vnmini.errors import VnminiError
+from vnmini.models.config import ModelConfig
+from vnmini.models.llama import LlamaForCausalLM
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,6 +57,8 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 
 def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open  # here, so `import vnmini.models` stays light
+
     out: dict[str, torch.Tensor] = {}
     for f in weight_files(folder):
         try:

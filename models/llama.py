@@ -11,6 +11,11 @@ plain safetensors dump of it.
     cache = model.new_cache(batch=1, max_len=256)
     logits = model(ids[:, :5], cache=cache)            # prefill
     logits = model(ids[:, 5:6], cache=cache)           # one cached step
+    logits = model(ids, position_ids=pos, mask=m)      # packed rows: own positions, block mask
+
+This ``forward`` is the only decoder loop in vnmini: packed SFT passes its
+block-diagonal ``mask`` and per-conversation ``position_ids``; the ONNX export
+wrapper passes a shape-generic mask and a cache over explicit past tensors.
 
 A cache object only needs ``update(layer_idx, k, v) -> (k_all, v_all)`` and a
 ``past_length`` attribute, so exporters can pass their own (e.g. one that
@@ -25,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
 from vnmini.models.config import ModelConfig
 
 
@@ -256,15 +262,22 @@ class LlamaForCausalLM(nn.Module):
         cache=None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states [B, T, H] (the LM head not applied)."""
+        """Final-norm hidden states [B, T, H] (the LM head not applied).
+
+        ``attention_mask`` [B, past+T] marks padding (1 = token); ``mask`` is an
+        explicit boolean [B|1, 1, T, past+T] attention mask (True = attend) that
+        replaces the causal/padding one, for packed rows and graph export.
+        """
         b, t = input_ids.shape
         past = cache.past_length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device)[None].expand(b, t)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        mask = build_mask(t, past, attention_mask, self.config.extra.get("sliding_window"), input_ids.device)
+        if mask is None:
+            mask = build_mask(t, past, attention_mask, self.config.extra.get("sliding_window"), input_ids.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
@@ -280,8 +293,9 @@ class LlamaForCausalLM(nn.Module):
         cache=None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, cache, attention_mask, position_ids))
+        return self.lm_head(self.hidden_states(input_ids, cache, attention_mask, position_ids, mask))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

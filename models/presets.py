@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vnmini.models.config import ModelConfig
-
 from vnmini.errors import VnminiError
+from vnmini.models.config import ModelConfig
 
 # Parameter counts in the comments are for vocab 16,384 (tied embeddings).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -39,7 +39,7 @@ def tiny_tokenizer():
     """A ~400-token byte-level BPE with vnmini's specials, trained on a few Vietnamese lines."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
+    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -53,9 +53,8 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_tokenizer):
     """A random micro model saved with the tiny tokenizer."""
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     from vnmini.checkpoint import save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
 
     cfg = ModelConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -88,8 +87,8 @@ def law_corpus():
     def build(d):
         import json
 
-        from vnmini.shards import prepare_shards
-        from vnmini.tokenizer_train import train_tokenizer
+        from vnmini.data.shards import prepare_shards
+        from vnmini.text.tokenizer_train import train_tokenizer
 
         tok = train_tokenizer(LAW_LINES, vocab_size=300, is_text=True)
         tok.save(d / "tok")

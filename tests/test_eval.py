@@ -16,8 +16,9 @@ import torch
 
 from tests.conftest import VI_SAMPLE
 from vnmini.errors import VnminiError
-from vnmini.evaluate import MC_PROMPT, eval_mc, eval_text, read_mc, sample_mc_path, strip_letter
-from vnmini.text import normalize
+from vnmini.eval.bpb import eval_text
+from vnmini.eval.mc import MC_PROMPT, eval_mc, read_mc, sample_mc_path, strip_letter
+from vnmini.text.normalization import normalize
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_eval_mc_model_taught_the_answers_scores_full(tiny_checkpoint, tmp_path)
     """A model trained on the right answers must score 100%; the same model untrained does not."""
     import vnmini
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.generation import TorchGenerator
+    from vnmini.runtime.torch_backend import TorchGenerator
 
     items = [
         {"question": "Thủ đô của Việt Nam là gì?", "choices": ["A. Huế", "B. Hà Nội", "C. Vinh"], "answer": "B"},

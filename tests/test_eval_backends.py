@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import VI_SAMPLE
-from vnmini.evaluate import eval_mc, eval_text, sample_mc_path
+from vnmini.eval.bpb import eval_text
+from vnmini.eval.mc import eval_mc, sample_mc_path
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def exported(tiny_checkpoint, tmp_path):
 
     gguf_path = tmp_path / "m-f32.gguf"
     to_gguf(tiny_checkpoint, gguf_path, quant="f32", verify=False)
-    onnx_dir = to_onnx(tiny_checkpoint, tmp_path / "onnx", verify=False)
+    onnx_dir = to_onnx(tiny_checkpoint, tmp_path / "onnx", verify=False).path
     return tiny_checkpoint, gguf_path, onnx_dir
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import VI_SAMPLE
+
+from vnmini.checkpoint import save_checkpoint
 from vnmini.export import describe_gguf, to_gguf
 from vnmini.export.gguf_writer import quantize_blocks, tensor_types
 from vnmini.models import LlamaForCausalLM, ModelConfig
-
-from vnmini.checkpoint import save_checkpoint
 
 TEXT = VI_SAMPLE + "Điều 3. Nguyên tắc cơ bản của pháp luật dân sự.\n  Hai   dấu cách, số 12.345 và 🐱.\n"
 
@@ -110,10 +110,9 @@ def test_direct_quants_verified(base_ckpt, tmp_path, quant):
     if quant in ("q8_0", "q4_0"):
         # The quantization error is the weights' alone: torch on the file's dequantized
         # weights agrees with llama.cpp far better than with the original weights.
-        from vnmini.export.gguf_verify import compare_logits, llama_logits
-
-        from vnmini.backend_gguf import open_llama
         from vnmini.checkpoint import load_checkpoint
+        from vnmini.export.gguf_verify import compare_logits, llama_logits
+        from vnmini.runtime.gguf_backend import open_llama
 
         ckpt = load_checkpoint(base_ckpt)
         ids = ckpt.tokenizer.encode(TEXT, add_bos=True)[:100]
@@ -177,10 +176,9 @@ def test_k_quants_on_width_256(tmp_path, tiny_tokenizer):
     assert kl["q6_k"] < kl["q5_k_m"] < kl["q4_k_m"], kl
     assert top1["q6_k"] >= 0.8 and top1["q4_k_m"] >= 0.5, top1
     # llama.cpp's own K-quant mix, dequantized by gguf-py, is what llama.cpp runs.
-    from vnmini.export.gguf_verify import compare_logits, llama_logits
-
-    from vnmini.backend_gguf import open_llama
     from vnmini.checkpoint import load_checkpoint
+    from vnmini.export.gguf_verify import compare_logits, llama_logits
+    from vnmini.runtime.gguf_backend import open_llama
 
     ckpt = load_checkpoint(ck)
     ids = ckpt.tokenizer.encode(TEXT, add_bos=True)[:100]
@@ -206,8 +204,8 @@ def test_k_quant_on_odd_widths_uses_llama_cpp_fallback(tmp_path, tiny_tokenizer)
 def test_qwen2_pre_tokenizer_round_trip(tmp_path):
     from tokenizers import Tokenizer, decoders, models, trainers
 
-    from vnmini.tokenizer import SPECIAL_TOKENS, VnTokenizer
-    from vnmini.tokenizer_train import build_pre_tokenizer
+    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
+    from vnmini.text.tokenizer_train import build_pre_tokenizer
 
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = build_pre_tokenizer("qwen2")
@@ -223,7 +221,7 @@ def test_qwen2_pre_tokenizer_round_trip(tmp_path):
     assert res.verify["passed"] and res.verify["tokenization"]["equal"]
     r = gguf.GGUFReader(str(res.path))
     assert r.fields["tokenizer.ggml.pre"].contents() == "qwen2"
-    from vnmini.export.gguf_tokenizer import tokenizer_from_gguf
+    from vnmini.text.gguf_vocab import tokenizer_from_gguf
 
     assert tokenizer_from_gguf(r).hash == tok.hash
 

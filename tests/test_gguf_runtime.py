@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import VI_SAMPLE
-from vnmini.export import to_gguf
-from vnmini.models import LlamaForCausalLM, ModelConfig
 
 from vnmini.checkpoint import load_checkpoint, save_checkpoint
+from vnmini.export import to_gguf
+from vnmini.models import LlamaForCausalLM, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def exported(tmp_path_factory, tiny_tokenizer):
 
 
 def test_backend_matches_torch(exported):
-    from vnmini.backend_gguf import GGUFGenerator
-    from vnmini.generation import TorchGenerator
+    from vnmini.runtime.gguf_backend import GGUFGenerator
+    from vnmini.runtime.torch_backend import TorchGenerator
 
     ck, path = exported
     ckpt = load_checkpoint(ck)
@@ -71,7 +71,7 @@ def test_backend_matches_torch(exported):
 
 
 def test_truncate_then_feed_equals_fresh(exported):
-    from vnmini.backend_gguf import GGUFGenerator
+    from vnmini.runtime.gguf_backend import GGUFGenerator
 
     ck, path = exported
     tok = load_checkpoint(ck).tokenizer
@@ -160,8 +160,8 @@ def test_bad_inputs(cli, tmp_path, tiny_tokenizer, tiny_config):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 7)
     _one_line_error(cli, "info", bad)
-    from vnmini.backend_gguf import GGUFGenerator
     from vnmini.errors import VnminiError
+    from vnmini.runtime.gguf_backend import GGUFGenerator
 
     with pytest.raises(VnminiError):
         GGUFGenerator(bad)

@@ -4,7 +4,7 @@ import pytest
 
 from vnmini.errors import VnminiError
 from vnmini.jsonl import iter_jsonl
-from vnmini.sft import load_conversations
+from vnmini.training.sft import load_conversations
 
 
 def test_iter_jsonl_skips_blanks_and_names_lines(tmp_path):

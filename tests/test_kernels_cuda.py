@@ -22,6 +22,7 @@ TPB_ODD = 131  # > one block-stride of 128 threads, not a multiple of anything
 def _sim_checks() -> None:
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     import torch.nn.functional as F
+
     from vnmini.kernels import cross_entropy_torch, kd_loss_torch, sparse_kd_loss_torch
     from vnmini.kernels import kd as kd_mod
     from vnmini.kernels import norm_rope as nr_mod

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+
 from vnmini.kernels import (
     cross_entropy,
     cross_entropy_torch,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
+
 from vnmini.kernels import dequantize_q4_0, dequantize_q8_0, quantize_q4_0, quantize_q8_0
 
 SEED = int.from_bytes(os.urandom(4), "little")

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+
 from vnmini.kernels import apply_rope, apply_rope_torch, rms_norm, rms_norm_torch, topk_lse, topk_lse_torch
 
 SEED = int.from_bytes(os.urandom(4), "little")

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 import transformers
-from vnmini.models import LlamaForCausalLM, load_hf_model
 
 from vnmini.checkpoint import load_checkpoint, save_checkpoint
-from vnmini.generation import TorchGenerator
+from vnmini.models import LlamaForCausalLM, load_hf_model
+from vnmini.runtime.torch_backend import TorchGenerator
 
 
 def hf_model(cfg_kwargs: dict, seed: int) -> transformers.LlamaForCausalLM:

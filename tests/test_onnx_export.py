@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from vnmini.export import to_onnx
-from vnmini.export.onnx_verify import verify_onnx
-from vnmini.models import LlamaForCausalLM, ModelConfig
 
 from vnmini.checkpoint import save_checkpoint
 from vnmini.errors import VnminiError
+from vnmini.export import to_onnx
+from vnmini.export.onnx_verify import verify_onnx
+from vnmini.models import LlamaForCausalLM, ModelConfig
 
 SHAPES = {
     # GQA 6/2, untied head
@@ -51,7 +51,7 @@ def test_fp32_export_matches_transformers_batched_and_cached(tmp_path, name):
     import transformers
 
     ckpt = _checkpoint(tmp_path / "ckpt", **SHAPES[name])
-    out = to_onnx(ckpt, tmp_path / "onnx", verify=True)
+    out = to_onnx(ckpt, tmp_path / "onnx", verify=True).path
     report = json.loads((out / "verify.json").read_text())
     assert report["passed"], report["summary"]
     assert report["parity"]["decode_steps"] == 32 and report["greedy"]["equal"]
@@ -107,7 +107,7 @@ def tok_checkpoint(tmp_path_factory, tiny_tokenizer):
 @pytest.mark.parametrize("dtype,quant,op", [("fp32", "int8", "MatMulInteger"), ("fp32", "int4", "MatMulNBits"),
                                             ("fp16", "none", None)])
 def test_quantized_variants_report_quality(tmp_path, tok_checkpoint, dtype, quant, op):
-    out = to_onnx(tok_checkpoint, tmp_path / "q", dtype=dtype, quant=quant, block_size=16)
+    out = to_onnx(tok_checkpoint, tmp_path / "q", dtype=dtype, quant=quant, block_size=16).path
     rep = json.loads((out / "verify.json").read_text())
     assert rep["passed"] and rep["variant"] == (quant if quant != "none" else dtype)
     q = rep["quality"]
@@ -128,7 +128,7 @@ def test_quantized_variants_report_quality(tmp_path, tok_checkpoint, dtype, quan
 
 
 def test_external_data_and_verify_detects_a_wrong_model(tmp_path, tok_checkpoint):
-    out = to_onnx(tok_checkpoint, tmp_path / "ext", external_data=True)
+    out = to_onnx(tok_checkpoint, tmp_path / "ext", external_data=True).path
     assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
     assert json.loads((out / "verify.json").read_text())["passed"]
     # The same graph checked against other weights of the same shape must fail the fp32 gates.

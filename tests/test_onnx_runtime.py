@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import VI_SAMPLE
-from vnmini.export import to_onnx
-from vnmini.models import LlamaForCausalLM, ModelConfig
 
 import vnmini
-from vnmini.backend_onnx import ONNXGenerator
 from vnmini.checkpoint import load_checkpoint, save_checkpoint
 from vnmini.errors import VnminiError
-from vnmini.generation import TorchGenerator
+from vnmini.export import to_onnx
+from vnmini.models import LlamaForCausalLM, ModelConfig
+from vnmini.runtime.onnx_backend import ONNXGenerator
+from vnmini.runtime.torch_backend import TorchGenerator
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def trained(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("trained")
     ckpt = save_checkpoint(model, root / "ckpt", tokenizer=tok)
     text = VI_SAMPLE[: len(VI_SAMPLE) // 2]
-    fp32 = to_onnx(ckpt, root / "fp32", verify_text=text)
-    int8 = to_onnx(ckpt, root / "int8", quant="int8", verify_text=text)
+    fp32 = to_onnx(ckpt, root / "fp32", verify_text=text).path
+    int8 = to_onnx(ckpt, root / "int8", quant="int8", verify_text=text).path
     return ckpt, fp32, int8
 
 

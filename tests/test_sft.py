@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vnmini.errors import VnminiError
-from vnmini.sft import PackedLM, load_conversations, pack, render, split_val
+from vnmini.training.sft import PackedLM, load_conversations, pack, render, split_val
 
 CONVS = [
     [{"role": "system", "content": "Bạn là trợ lý pháp luật."},
@@ -116,9 +116,8 @@ ARTICLES = [
 
 
 def test_statute_builder_and_sft_end_to_end(tmp_path, tiny_tokenizer, cli):
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     from vnmini.checkpoint import load_checkpoint, save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
 
     corpus = tmp_path / "corpus"
     (corpus / "train").mkdir(parents=True)

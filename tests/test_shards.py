@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from vnmini.corpus import read_documents
+from vnmini.data.corpus import read_documents
+from vnmini.data.shards import ShardReader, dtype_for_vocab, prepare_shards
 from vnmini.errors import VnminiError
-from vnmini.shards import ShardReader, dtype_for_vocab, prepare_shards
-from vnmini.tokenizer_train import train_tokenizer
+from vnmini.text.tokenizer_train import train_tokenizer
 
 LINES = [f"Điều {i}. Người lao động thứ {i} được hoà giải về thuỷ lợi, khoẻ mạnh và quý trọng." for i in range(60)]
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from vnmini.kernels import kd_loss, sparse_kd_loss
 
+from vnmini.data.shards import ShardReader
 from vnmini.errors import VnminiError
-from vnmini.shards import ShardReader
-from vnmini.teacher_cache import PART, TeacherCache, load_teacher, write_teacher_cache
+from vnmini.kernels import kd_loss, sparse_kd_loss
+from vnmini.training.teacher_cache import PART, TeacherCache, load_teacher, write_teacher_cache
 
 T = 16
 
@@ -22,9 +22,8 @@ T = 16
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, law_corpus):
     """Shards, their tokenizer and a random teacher checkpoint saved with it."""
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     from vnmini.checkpoint import save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
 
     d = tmp_path_factory.mktemp("tc")
     tok = law_corpus(d)

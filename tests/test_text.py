@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vnmini.errors import VnminiError
-from vnmini.text import (
+from vnmini.text.normalization import (
     ONSETS,
     RHYMES,
     TONES,

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vnmini.errors import VnminiError
-from vnmini.text import ONSETS, RHYMES, TONES, normalize, place_tone
-from vnmini.tokenizer import VnTokenizer
-from vnmini.tokenizer_train import QWEN2_REGEX, tokenizer_fertility, train_tokenizer
+from vnmini.text.normalization import ONSETS, RHYMES, TONES, normalize, place_tone
+from vnmini.text.tokenizer import VnTokenizer
+from vnmini.text.tokenizer_train import QWEN2_REGEX, tokenizer_fertility, train_tokenizer
 
-SAMPLE_PATH = __import__("pathlib").Path(__file__).resolve().parents[1] / "vnmini" / "data" / "vi_sample.txt"
+SAMPLE_PATH = __import__("vnmini.assets").assets.asset_path("vi_sample.txt")
 TEXT = SAMPLE_PATH.read_text(encoding="utf-8")
 
 syllable = st.builds(lambda o, r, t: place_tone(o + r, t), st.sampled_from(ONSETS), st.sampled_from(RHYMES), st.sampled_from(TONES))

@@ -22,15 +22,15 @@ from conftest import VI_SAMPLE
 from safetensors.torch import load_file
 
 from vnmini.errors import VnminiError
-from vnmini.train_config import TrainConfig, load_config
-from vnmini.trainer import Trainer, decay_groups, global_rows, lr_at, read_metrics
+from vnmini.training.config import TrainConfig, load_config
+from vnmini.training.trainer import Trainer, decay_groups, global_rows, lr_at, read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_tokenizer):
-    from vnmini.shards import prepare_shards
+    from vnmini.data.shards import prepare_shards
 
     d = tmp_path_factory.mktemp("shards")
     lines = [ln for ln in VI_SAMPLE.splitlines() if ln.strip()]
@@ -42,9 +42,8 @@ def shards(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory, tiny_tokenizer):
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     from vnmini.checkpoint import save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
 
     cfg = ModelConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
@@ -78,7 +77,7 @@ def losses(run_dir) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shards, init_ckpt):
     """One uninterrupted 20-step run every resume test compares against."""
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     out = tmp_path_factory.mktemp("ref") / "run"
     summary = train(**base(shards, init_ckpt, out))
@@ -112,7 +111,7 @@ def same_weights(a: Path, b: Path) -> None:
 
 
 def test_resume_after_interrupt_is_exact(reference, shards, init_ckpt, tmp_path, monkeypatch):
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     ref_out, _ = reference
     out = tmp_path / "run"
@@ -161,9 +160,9 @@ def test_sigkill_between_checkpoints_then_resume(reference, shards, init_ckpt, t
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, init_ckpt, tiny_tokenizer, tmp_path):
     from vnmini.checkpoint import load_checkpoint
-    from vnmini.shards import ShardReader
-    from vnmini.train import TokenWindows, build_config, make_model
-    from vnmini.trainer import ce_loss
+    from vnmini.data.shards import ShardReader
+    from vnmini.training.pretrain import TokenWindows, build_config, make_model
+    from vnmini.training.trainer import ce_loss
 
     cfg = build_config(None, base(shards, init_ckpt, tmp_path / "run", save_every=3, eval_every=0))
     ce = ce_loss("torch")
@@ -184,7 +183,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, init_ckpt, tiny_t
 
 
 def test_torchrun_two_processes_match_one(shards, init_ckpt, tmp_path):
-    from vnmini.train import train
+    from vnmini.training.pretrain import train
 
     one = tmp_path / "one"
     kw = dict(max_steps=8, eval_every=4, save_every=0, sample_tokens=0, micro_batch=2, global_batch_tokens=64,

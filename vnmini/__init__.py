@@ -9,24 +9,46 @@ The public Python API (the CLI calls the same functions):
     vnmini.train(data="shards/", preset="tiny", out="runs/tiny")            # pretrain (resumable)
     vnmini.sft(data="sft.jsonl", init_from="runs/tiny/final", out="runs/chat")  # chat fine-tuning
     vnmini.distill(teacher="runs/tiny/final", data="shards/", preset="micro", out="runs/kd")  # or teacher_cache=
+
+Names are imported on first use (PEP 562), so ``import vnmini`` is cheap and
+``import vnmini.kernels`` / ``import vnmini.models`` pull in no trainer, tokenizer or
+safetensors. Where each capability lives: ``text/`` (normalization, tokenizers),
+``data/`` (corpus, shards, SFT sets), ``training/``, ``runtime/`` (load, generate,
+chat), ``eval/`` (bpb, multiple choice, bench), ``quickstart.py``; ``vnmini.models``,
+``vnmini.kernels``, ``vnmini.export`` and ``vnmini.cli`` are the other pillars.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-# train, sft and distill are imported eagerly, not through a lazy module __getattr__: the functions
-# share their names with the submodules vnmini/train.py, sft.py and distill.py, and a lazy import
-# would leave the *module* bound as vnmini.train. torch is already loaded by vnmini.runtime.
-from vnmini.bench import bench  # noqa: E402
-from vnmini.chat_session import ChatSession  # noqa: E402
-from vnmini.distill import distill  # noqa: E402
-from vnmini.errors import VnminiError  # noqa: E402
-from vnmini.evaluate import eval_mc, eval_text  # noqa: E402
-from vnmini.runtime import load  # noqa: E402
-from vnmini.sft import sft  # noqa: E402
-from vnmini.text import normalize  # noqa: E402
-from vnmini.train import train  # noqa: E402
+from vnmini._version import __version__
 
-__all__ = ["__version__", "VnminiError", "load", "normalize", "train", "sft", "distill",
-           "eval_text", "eval_mc", "bench", "ChatSession"]
+# public name -> module that defines it
+_API = {
+    "VnminiError": "vnmini.errors",
+    "load": "vnmini.runtime.loader",
+    "normalize": "vnmini.text.normalization",
+    "train": "vnmini.training.pretrain",
+    "sft": "vnmini.training.sft",
+    "distill": "vnmini.training.distill",
+    "eval_text": "vnmini.eval.bpb",
+    "eval_mc": "vnmini.eval.mc",
+    "bench": "vnmini.eval.bench",
+    "ChatSession": "vnmini.runtime.chat",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'vnmini' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -24,13 +24,13 @@ from safetensors.torch import save_file
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
 from vnmini.models import LlamaForCausalLM, ModelConfig, export_state_dict, load_hf_model, read_config
-from vnmini.tokenizer import VnTokenizer
+from vnmini.text.tokenizer import VnTokenizer
 
 PROVENANCE_FILE = "vnmini.json"
 
 
 def _version() -> str:
-    from vnmini import __version__
+    from vnmini._version import __version__
 
     return __version__
 

@@ -5,8 +5,10 @@ predicted tokens). Special tokens carry 0 bytes but their loss still counts
 (predicting EOS is part of modelling the text), so models with different
 vocabularies compare on the same text.
 
-    nll, nbytes = nll_and_bytes(logits, targets, tokenizer.token_bytes)
-    bpb = bits_per_byte(nll, nbytes)
+    meter = BpbMeter(tokenizer.token_bytes)     # the one accumulator: eval, verify, trainer
+    for logits, targets in windows:
+        meter.add(logits, targets)
+    meter.bpb, meter.ppl, meter.as_dict()
 """
 
 from __future__ import annotations
@@ -43,6 +45,49 @@ def nll_and_bytes(
     nll = float(-lp.gather(1, t[:, None]).sum())
     nbytes = int(np.asarray(token_bytes)[t.cpu().numpy()].sum())
     return nll, nbytes
+
+
+class BpbMeter:
+    """Sums next-token NLL (nats), scored tokens and their UTF-8 bytes over many windows.
+
+    ``add(logits, targets)`` scores rows (``ignore_index`` targets skipped);
+    ``add_totals`` takes sums computed elsewhere (e.g. all-reduced across ranks).
+    """
+
+    def __init__(self, token_bytes: np.ndarray | None = None, ignore_index: int = -100) -> None:
+        self.token_bytes = token_bytes
+        self.ignore_index = ignore_index
+        self.nll = 0.0
+        self.tokens = 0
+        self.bytes = 0
+
+    def add(self, logits: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray) -> None:
+        if self.token_bytes is None:
+            raise ValueError("BpbMeter.add needs token_bytes; use add_totals")
+        tg = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets).reshape(-1)
+        nll, nbytes = nll_and_bytes(logits, tg, self.token_bytes, self.ignore_index)
+        self.add_totals(nll, int((tg != self.ignore_index).sum()), nbytes)
+
+    def add_totals(self, nll: float, tokens: int, nbytes: int) -> None:
+        self.nll += float(nll)
+        self.tokens += int(tokens)
+        self.bytes += int(nbytes)
+
+    @property
+    def bpb(self) -> float:
+        return bits_per_byte(self.nll, self.bytes)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL per scored token (nats)."""
+        return self.nll / self.tokens if self.tokens else float("nan")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"bpb": self.bpb, "ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "bytes": self.bytes}
 
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:

@@ -120,10 +120,10 @@ def quickstart(
     """Run (or resume) the whole pipeline under ``out``; returns the stage results and report path."""
     import torch
 
-    from vnmini.corpus_fetch import fetch_default_corpus
-    from vnmini.shards import prepare_shards
-    from vnmini.tokenizer import VnTokenizer
-    from vnmini.tokenizer_train import train_tokenizer
+    from vnmini.data.fetch import fetch_default_corpus
+    from vnmini.data.shards import prepare_shards
+    from vnmini.text.tokenizer import VnTokenizer
+    from vnmini.text.tokenizer_train import train_tokenizer
 
     console = console or Console()
     prof = PROFILES["tiny" if tiny else "full"]
@@ -160,7 +160,7 @@ def quickstart(
     data = shards["path"]
 
     def _teacher() -> dict:
-        from vnmini.train import train
+        from vnmini.training.pretrain import train
 
         return train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset,
                      max_steps=prof.teacher_steps, warmup_steps=max(2, prof.teacher_steps // 20),
@@ -169,7 +169,7 @@ def quickstart(
     teacher = st.run("teacher", total, _teacher, lambda r: [r["final"]])
 
     def _student() -> dict:
-        from vnmini.distill import distill
+        from vnmini.training.distill import distill
 
         return distill(teacher=teacher["final"], data=data, out=str(out / "student"), preset=prof.student_preset,
                        max_steps=prof.student_steps, warmup_steps=max(2, prof.student_steps // 20),
@@ -179,8 +179,8 @@ def quickstart(
     student = st.run("student (online KD)", total, _student, lambda r: [r["final"]])
 
     def _sft() -> dict:
-        from vnmini.sft import sft
-        from vnmini.sft_data import build_statute_sft
+        from vnmini.data.sft_statutes import build_statute_sft
+        from vnmini.training.sft import sft
 
         sft_file = out / "sft.jsonl"
         built = build_statute_sft(corpus["train"], sft_file, max_conversations=prof.sft_conversations)
@@ -208,7 +208,7 @@ def quickstart(
         from vnmini.export import to_onnx
 
         folder = to_onnx(chat_ckpt, out / "export" / "chat-onnx-int8", quant="int8", verify=True, force=True,
-                         verify_text=Path(heldout).read_text(encoding="utf-8")[:20000])
+                         verify_text=Path(heldout).read_text(encoding="utf-8")[:20000]).path
         rep = folder / "verify.json"
         return {"path": str(folder), "report": json.loads(rep.read_text()) if rep.is_file() else {}}
 
@@ -224,12 +224,12 @@ def quickstart(
     }
 
     def _eval() -> dict:
-        import vnmini
-        from vnmini.evaluate import eval_text
+        from vnmini.eval.bpb import eval_text
+        from vnmini.runtime.loader import load
 
         rows = {}
         for label, path in artifacts.items():
-            gen = vnmini.load(path, threads=threads)
+            gen = load(path, threads=threads)
             r = eval_text(gen, heldout, max_tokens=prof.eval_tokens, context=prof.seq_len)
             rows[label] = {"path": path, "bpb": r["bpb"], "ppl": r["ppl"], "tokens": r["tokens"]}
             console.print(f"  {label:<22} bpb {r['bpb']:.4f}")
@@ -238,7 +238,7 @@ def quickstart(
     evals = st.run("eval held-out bpb", total, _eval, lambda r: [])
 
     def _bench() -> dict:
-        from vnmini.bench import bench
+        from vnmini.eval.bench import bench
 
         models = [chat_ckpt, gguf["q8_0"]["path"], gguf["q4_0"]["path"], onnx["path"]]
         r = bench(models, out_dir=out / "bench", prompt_tokens=prof.bench_tokens, decode_tokens=prof.bench_tokens,
@@ -249,9 +249,9 @@ def quickstart(
     benchr = st.run("bench", total, _bench, lambda r: [r["dir"]])
 
     def _chat_sample() -> dict:
-        import vnmini
+        from vnmini.runtime.loader import load
 
-        gen = vnmini.load(gguf["q4_0"]["path"], threads=threads)
+        gen = load(gguf["q4_0"]["path"], threads=threads)
         # Sampled (fixed seed): greedy decoding of a minutes-old model falls into repetition loops.
         answer = gen.chat([{"role": "user", "content": SAMPLE_QUESTION}], max_new_tokens=40 if tiny else 120,
                           temperature=0.7, top_p=0.9, repetition_penalty=1.2, seed=0)

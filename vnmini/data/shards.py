@@ -1,0 +1,264 @@
+"""Token shards: text -> ``.bin`` files of token ids + a JSON manifest, and the memmap reader.
+
+This module owns ``vnmini data prepare`` and the on-disk token format that
+training, distillation and eval read.
+
+    from vnmini.data.shards import prepare_shards, ShardReader
+    manifest = prepare_shards(["corpus/train"], tok, "shards/", val_fraction=0.01)
+    train = ShardReader("shards/", "train", tokenizer_hash=tok.hash)
+    x = train.read(0, 1025)          # np.int64 ids, crossing shard files as needed
+
+Layout::
+
+    shards/manifest.json             tokenizer hash, dtype, per-split counts, files
+    shards/train_0000.bin ...        raw little-endian uint16 (uint32 when vocab >= 65,536)
+    shards/val_0000.bin ...
+
+Every document is written as ``BOS ids... EOS``; documents run on across shard
+files (a reader concatenates them). The train/val split is by document and
+deterministic: of every ``1/val_fraction`` documents one (spread evenly through
+the stream) goes to val, so the same inputs always give the same split. The
+whole folder is written atomically: an interrupted run leaves the old set (or
+nothing), never a half one. A reader given a tokenizer hash refuses shards
+made with another tokenizer, naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from vnmini.atomic import atomic_dir, atomic_path, write_json
+from vnmini.data.corpus import CorpusStats, read_documents
+from vnmini.errors import VnminiError
+from vnmini.progress import progress_bar
+from vnmini.text.tokenizer import VnTokenizer
+
+FORMAT = "vnmini-shards/1"
+SPLITS = ("train", "val")
+DEFAULT_SHARD_TOKENS = 16 * 1024 * 1024  # 32 MiB per uint16 file: few files, cheap to memmap
+DEFAULT_VAL_FRACTION = 0.01
+_BATCH_CHARS = 4_000_000  # text handed to the Rust tokenizer per parallel batch
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (vocab < 65,536), else uint32."""
+    return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.uint32)
+
+
+class _SplitWriter:
+    """Buffers token ids for one split and writes ``{split}_{NNNN}.bin`` files of ``shard_tokens`` ids."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.buf = np.empty(shard_tokens, dtype=dtype)
+        self.fill = 0
+        self.files: list[dict] = []
+        self.tokens = self.documents = self.bytes = 0
+
+    def add(self, ids: list[int], n_bytes: int) -> None:
+        arr = np.asarray(ids, dtype=self.dtype)
+        self.tokens += len(arr)
+        self.documents += 1
+        self.bytes += n_bytes
+        while len(arr):
+            take = min(len(arr), self.shard_tokens - self.fill)
+            self.buf[self.fill : self.fill + take] = arr[:take]
+            self.fill += take
+            arr = arr[take:]
+            if self.fill == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill == 0:
+            return
+        name = f"{self.split}_{len(self.files):04d}.bin"
+        with atomic_path(self.folder / name) as tmp:
+            self.buf[: self.fill].tofile(tmp)
+        self.files.append({"name": name, "tokens": int(self.fill)})
+        self.fill = 0
+
+    def summary(self) -> dict:
+        return {"tokens": self.tokens, "documents": self.documents, "bytes": self.bytes, "files": self.files}
+
+
+def _batches(docs: Iterable[str], max_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def prepare_shards(
+    inputs: Iterable[str | Path] | str | Path,
+    tokenizer: VnTokenizer,
+    out_dir: str | Path,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    field: str | None = None,
+    column: str | None = None,
+    progress: bool = True,
+    *,
+    doc_sep: str = "file",
+    stats: CorpusStats | None = None,
+) -> dict:
+    """Tokenize ``inputs`` (files, folders, globs) into a shard set under ``out_dir``; returns the manifest.
+
+    Text is read with :func:`vnmini.data.corpus.read_documents` (normalized with the
+    tokenizer's tone style) and tokenized in parallel batches.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise VnminiError(f"--val-fraction {val_fraction}: must be in [0, 1), e.g. 0.01.")
+    if shard_tokens < 1024:
+        raise VnminiError(f"--shard-tokens {shard_tokens}: use at least 1024 tokens per shard file.")
+    stats = stats if stats is not None else CorpusStats()
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    out = Path(out_dir)
+    docs = read_documents(inputs, field, column, doc_sep=doc_sep, tone_style=tokenizer.tone_style, stats=stats)
+
+    with atomic_dir(out) as tmp:
+        writers = {s: _SplitWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
+        index = 0
+        bar = progress_bar("tokenizing", None, enabled=progress)
+        try:
+            for batch in _batches(docs, _BATCH_CHARS):
+                for doc, ids in zip(batch, tokenizer.encode_batch(batch), strict=True):
+                    # Document i goes to val when floor((i+1)f + 1/2) steps up: exactly
+                    # round(N f) val documents, spread evenly, independent of batching.
+                    is_val = math.floor((index + 1) * val_fraction + 0.5) > math.floor(index * val_fraction + 0.5)
+                    writers["val" if is_val else "train"].add(
+                        [tokenizer.bos_id, *ids, tokenizer.eos_id], len(doc.encode("utf-8"))
+                    )
+                    index += 1
+                t = writers["train"].tokens + writers["val"].tokens
+                bar.update(description=f"tokenizing: {index:,} documents, {t:,} tokens")
+        finally:
+            bar.close()
+        for w in writers.values():
+            w.flush()
+        if writers["train"].documents == 0:
+            raise VnminiError(f"{out}: no training documents left after the split; lower --val-fraction.")
+        if val_fraction > 0 and writers["val"].documents == 0:
+            raise VnminiError(
+                f"{out}: only {index} document(s), too few to hold out {val_fraction:.0%} for validation; "
+                "pass --val-fraction 0, add text, or split files into documents with --doc-sep blank/line."
+            )
+        manifest = {
+            "format": FORMAT,
+            "tokenizer_hash": tokenizer.hash,
+            "tokenizer_source": tokenizer.source,
+            "pre_tokenizer": tokenizer.pre_tokenizer_name,
+            "tone_style": tokenizer.tone_style,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name,
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "val_fraction": val_fraction,
+            "shard_tokens": shard_tokens,
+            "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+            "skipped_files": {k: len(v) for k, v in stats.skipped.items()},
+            "splits": {s: w.summary() for s, w in writers.items()},
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------ reading
+def load_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise VnminiError(f"{folder}: no manifest.json, not a shard set; create one with `vnmini data prepare`.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VnminiError(f"{path}: invalid JSON ({e.msg}); re-create the shards with `vnmini data prepare`.") from e
+    if manifest.get("format") != FORMAT:
+        raise VnminiError(f"{path}: format {manifest.get('format')!r} is not {FORMAT}; re-create with `vnmini data prepare`.")
+    return manifest
+
+
+def check_tokenizer(manifest: dict, tokenizer_hash: str, where: str = "shards", name: str | None = None) -> None:
+    """Refuse a shard set made with another tokenizer, naming both."""
+    made = manifest.get("tokenizer_hash")
+    if made != tokenizer_hash:
+        theirs = f"{made} ({manifest.get('tokenizer_source', '?')})"
+        ours = f"{tokenizer_hash}" + (f" ({name})" if name else "")
+        raise VnminiError(
+            f"{where}: made with tokenizer {theirs}, but this run uses tokenizer {ours}; "
+            "re-run `vnmini data prepare` with this tokenizer."
+        )
+
+
+class ShardReader:
+    """Random access to one split of a shard set as one long token stream (np.memmap, no copy on open)."""
+
+    def __init__(self, folder: str | Path, split: str = "train", tokenizer_hash: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.split = split
+        self.manifest = load_manifest(self.folder)
+        if tokenizer_hash is not None:
+            check_tokenizer(self.manifest, tokenizer_hash, where=str(self.folder))
+        splits = self.manifest.get("splits", {})
+        if split not in splits:
+            raise VnminiError(f"{self.folder}: no split {split!r} (has {', '.join(splits)}); use one of them.")
+        self.vocab_size: int = int(self.manifest["vocab_size"])
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.bos_id: int = int(self.manifest["bos_id"])
+        self.eos_id: int = int(self.manifest["eos_id"])
+        self._maps: list[np.memmap] = []
+        sizes = []
+        for f in splits[split]["files"]:
+            path = self.folder / f["name"]
+            expected = int(f["tokens"]) * self.dtype.itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                got = path.stat().st_size if path.is_file() else "missing"
+                raise VnminiError(f"{path}: expected {expected} bytes, found {got}; re-create the shards with `vnmini data prepare`.")
+            self._maps.append(np.memmap(path, dtype=self.dtype, mode="r"))
+            sizes.append(int(f["tokens"]))
+        self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.documents: int = int(splits[split]["documents"])
+        self.bytes: int = int(splits[split]["bytes"])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """``n`` token ids from position ``start`` (int64), crossing shard files; short at the very end."""
+        if start < 0 or n < 0:
+            raise ValueError(f"read({start}, {n}): start and n must be >= 0")
+        end = min(start + n, len(self))
+        out = np.empty(max(end - start, 0), dtype=np.int64)
+        pos = start
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        while pos < end:
+            lo = pos - int(self._starts[i])
+            take = min(end - pos, len(self._maps[i]) - lo)
+            out[pos - start : pos - start + take] = self._maps[i][lo : lo + take]
+            pos += take
+            i += 1
+        return out
+
+    def iter_documents(self) -> Iterator[np.ndarray]:
+        """Yield each document's ids (without BOS/EOS), in order; for checks and small-scale eval."""
+        doc: list[np.ndarray] = []
+        step = 1 << 20
+        for s in range(0, len(self), step):
+            chunk = self.read(s, step)
+            cuts = np.flatnonzero(chunk == self.eos_id)
+            prev = 0
+            for c in cuts:
+                doc.append(chunk[prev:c])
+                ids = np.concatenate(doc)
+                yield ids[1:] if len(ids) and ids[0] == self.bos_id else ids
+                doc, prev = [], c + 1
+            doc.append(chunk[prev:])

@@ -1,0 +1,84 @@
+"""What kind of path is this: the one detector every verb uses to open, describe or
+overwrite something.
+
+    path_kind("runs/tiny")          # 'run'        (a training run folder)
+    path_kind("runs/tiny/final")    # 'checkpoint' (config.json + weights)
+    path_kind("m.gguf")             # 'gguf'
+    path_kind("m-onnx")             # 'onnx'       (a folder with model.onnx)
+    path_kind("shards")             # 'shards'     (manifest.json of vnmini-shards)
+    path_kind("x.txt")              # 'file';  'folder', 'empty-folder', 'missing' otherwise
+
+Kinds are recognized by their files (and a GGUF by its magic bytes), never by a
+name alone, so ``--force`` can promise to replace only an output of the same kind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GGUF_MAGIC = b"GGUF"
+SHARDS_FORMAT = "vnmini-shards/1"
+CACHE_FORMAT = "vnmini-teacher-cache/1"
+KINDS = ("missing", "gguf", "onnx", "checkpoint", "run", "shards", "teacher-cache", "tokenizer",
+         "empty-folder", "folder", "file")
+
+_DESCRIBE = {
+    "gguf": "a GGUF file", "onnx": "an ONNX export folder", "checkpoint": "a checkpoint folder",
+    "run": "a training run folder", "shards": "a token shard folder", "teacher-cache": "a teacher cache folder",
+    "tokenizer": "a tokenizer folder", "empty-folder": "an empty folder", "folder": "a folder", "file": "a file",
+    "missing": "nothing",
+}
+
+
+def _manifest_format(folder: Path) -> str | None:
+    try:
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return m.get("format") if isinstance(m, dict) else None
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def path_kind(path: str | Path) -> str:
+    """One of :data:`KINDS` (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_file():
+        if path.suffix == ".gguf" or _is_gguf(path):
+            return "gguf"
+        if path.suffix == ".onnx":
+            return "onnx"
+        return "file"
+    if (path / "model.onnx").is_file():
+        return "onnx"
+    if (path / "config.json").is_file():
+        return "checkpoint"
+    if (path / "manifest.json").is_file():
+        fmt = _manifest_format(path)
+        if fmt == SHARDS_FORMAT:
+            return "shards"
+        if fmt == CACHE_FORMAT:
+            return "teacher-cache"
+    if (path / "metrics.jsonl").is_file() or (path / "final").is_dir() or any(path.glob("step_*")):
+        return "run"
+    if (path / "tokenizer.json").is_file():
+        return "tokenizer"
+    try:
+        next(path.iterdir())
+    except StopIteration:
+        return "empty-folder"
+    return "folder"
+
+
+def describe_kind(kind: str) -> str:
+    """'a checkpoint folder', 'a GGUF file', ... for messages."""
+    return _DESCRIBE.get(kind, kind)

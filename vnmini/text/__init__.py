@@ -1,0 +1,16 @@
+"""vnmini.text -- text before and after tokens.
+
+- :mod:`.normalization`: Vietnamese normalization (NFC, one tone-mark convention, stray
+  control characters), syllable counting; applied at every entry point.
+- :mod:`.tokenizer`: :class:`~vnmini.text.tokenizer.VnTokenizer`, the one tokenizer
+  interface (encode/decode, special tokens, chat template).
+- :mod:`.tokenizer_train`: train vnmini's byte-level BPE with Hugging Face ``tokenizers``.
+- :mod:`.gguf_vocab`: read the tokenizer stored in a GGUF back into a ``VnTokenizer``.
+
+    from vnmini.text.normalization import normalize
+    from vnmini.text.tokenizer import VnTokenizer
+    tok = VnTokenizer.load("runs/tiny/final")
+    ids = tok.encode(normalize("Điều 1. Phạm vi điều chỉnh"))
+
+The package itself imports nothing, so ``import vnmini.text.normalization`` stays light.
+"""

@@ -1,0 +1,81 @@
+"""Read the tokenizer stored in a GGUF back into a :class:`~vnmini.text.tokenizer.VnTokenizer`.
+
+Reading rebuilds a ``tokenizers.Tokenizer`` from the standard keys alone (tokens,
+types, merges, pre), so any ``gpt2``-model GGUF with a ``gpt-2`` or ``qwen2``
+pre-tokenizer opens; for vnmini files the rebuilt tokenizer's hash must equal
+the one recorded at export (``vnmini.tokenizer.hash``). Writing is
+:mod:`vnmini.export.gguf_tokenizer`.
+
+    import gguf
+    tok = tokenizer_from_gguf(gguf.GGUFReader("model.gguf"), source="model.gguf")
+    field_value(reader, "tokenizer.ggml.pre")     # 'qwen2'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gguf
+from tokenizers import AddedToken, Tokenizer, decoders, models
+
+from vnmini.errors import VnminiError
+from vnmini.text.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, VnTokenizer
+
+KEY_TOKENIZER_HASH = "vnmini.tokenizer.hash"
+KEY_TONE_STYLE = "vnmini.tokenizer.tone_style"
+SUPPORTED_PRE = ("gpt-2", "qwen2")
+
+
+def field_value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    """A metadata value as a Python object (str, number, bool or list)."""
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def tokenizer_from_gguf(reader: gguf.GGUFReader, source: str = "<gguf>") -> VnTokenizer:
+    """Rebuild a :class:`VnTokenizer` from a GGUF's ``tokenizer.*`` keys."""
+    from vnmini.text.tokenizer_train import build_pre_tokenizer
+
+    model = field_value(reader, "tokenizer.ggml.model")
+    pre = field_value(reader, "tokenizer.ggml.pre", "default")
+    if model != "gpt2" or pre not in SUPPORTED_PRE:
+        raise VnminiError(
+            f"{source}: tokenizer {model!r} with pre {pre!r}; vnmini opens byte-level BPE GGUFs with pre "
+            f"{' or '.join(SUPPORTED_PRE)} (export with `vnmini export gguf`)."
+        )
+    tokens: list[str] = field_value(reader, "tokenizer.ggml.tokens")
+    types: list[int] = field_value(reader, "tokenizer.ggml.token_type")
+    merges: list[str] = field_value(reader, "tokenizer.ggml.merges", [])
+    if not tokens or not types or len(tokens) != len(types):
+        raise VnminiError(f"{source}: tokenizer.ggml.tokens/token_type missing or inconsistent; re-export the file.")
+    vocab = {t: i for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty != gguf.TokenType.UNUSED}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    hf.pre_tokenizer = build_pre_tokenizer(pre)
+    hf.decoder = decoders.ByteLevel()
+    specials = [AddedToken(tokens[i], special=True, normalized=False)
+                for i, ty in enumerate(types) if ty == gguf.TokenType.CONTROL]
+    user = [AddedToken(tokens[i], special=False, normalized=False)
+            for i, ty in enumerate(types) if ty == gguf.TokenType.USER_DEFINED]
+    if specials:
+        hf.add_special_tokens(specials)
+    if user:
+        hf.add_tokens(user)
+    bos = field_value(reader, "tokenizer.ggml.bos_token_id")
+    eos = field_value(reader, "tokenizer.ggml.eos_token_id")
+    if bos is None or eos is None or tokens[bos] != BOS_TOKEN or tokens[eos] != EOS_TOKEN:
+        raise VnminiError(f"{source}: BOS/EOS tokens are not {BOS_TOKEN}/{EOS_TOKEN}; not a vnmini tokenizer.")
+    tok = VnTokenizer(
+        hf,
+        chat_template=field_value(reader, "tokenizer.chat_template") or CHAT_TEMPLATE,
+        pre_tokenizer_name=pre,
+        tone_style=field_value(reader, KEY_TONE_STYLE, "new"),
+        source=source,
+    )
+    want = field_value(reader, KEY_TOKENIZER_HASH)
+    if want is not None and want != tok.hash:
+        raise VnminiError(f"{source}: the tokenizer rebuilt from the file (hash {tok.hash}) differs from the "
+                          f"exported one ({want}); the file is damaged, re-export it.")
+    return tok

@@ -1,0 +1,205 @@
+"""``TrainConfig``: every knob of ``vnmini train`` / ``vnmini sft`` in one dataclass, plus TOML loading.
+
+The dataclass holds the defaults; a TOML file overrides them; command-line
+flags (or keyword arguments of :func:`vnmini.training.pretrain`) override the file::
+
+    cfg = load_config("teacher.toml", overrides={"lr": 1e-3})   # flags win
+    cfg = TrainConfig(data="shards/", preset="tiny", max_steps=500)
+
+A TOML file is flat (``preset = "large"``) or grouped in any tables
+(``[optim] lr = 3e-4``): table names are ignored, keys must be field names.
+Unknown keys are refused with the list of valid ones, so a typo never runs a
+different experiment silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vnmini.errors import VnminiError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+KERNEL_CHOICES = ("auto", "numba", "torch")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A field whose ``help`` is also the ``--flag`` help of every training verb."""
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    # ---- data and model
+    data: str = _f("", "Token shard folder from `vnmini data prepare` (sft: a messages JSONL).")
+    tokenizer: str | None = _f(None, "Tokenizer folder/json (default: the shards' own).")
+    out: str = _f("runs/train", "Run folder (step_NNNNNN/, final/, metrics.jsonl, loss.png).")
+    preset: str = _f("tiny", "Model shape when not starting from a checkpoint: micro, tiny, mini, small, medium, large.")
+    init_from: str | None = _f(None, "Start from this checkpoint folder instead of a fresh preset.")
+    seq_len: int = _f(256, "Tokens per sequence.")
+    # ---- batch: global_batch_tokens = micro_batch * seq_len * grad_accum * world_size
+    micro_batch: int = _f(8, "Sequences per process per forward.")
+    global_batch_tokens: int = _f(16384, "Tokens per optimizer step (all processes).")
+    max_steps: int = _f(1000, "Optimizer steps.")
+    max_minutes: float | None = _f(None, "Stop (with a final checkpoint) after this wall time.")
+    # ---- optimizer and schedule
+    lr: float = _f(3e-3, "Peak learning rate.")
+    min_lr_ratio: float = _f(0.1, "Final lr as a fraction of --lr.")
+    warmup_steps: int = _f(50, "Linear warmup steps.")
+    schedule: str = _f("cosine", "cosine, wsd (warmup-stable-decay) or constant.")
+    decay_fraction: float = _f(0.2, "wsd: the last fraction of steps, which decays linearly.")
+    weight_decay: float = _f(0.1, "AdamW decay on matrices (not norms, biases, embeddings).")
+    beta1: float = _f(0.9, "AdamW beta1.")
+    beta2: float = _f(0.95, "AdamW beta2.")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm (0 = off).")
+    # ---- evaluation and samples
+    eval_every: int = _f(100, "Evaluate (loss, bits per byte, a sample) every N steps (0 = only at the end).")
+    eval_tokens: int = _f(65536, "Validation tokens per evaluation (split across processes).")
+    sample_prompt: str = _f("Điều 1.", "Prompt of the sample generation logged at each eval (sft: a user message).")
+    sample_tokens: int = _f(40, "Tokens to sample at each eval (0 = none).")
+    # ---- checkpoints
+    save_every: int = _f(500, "Checkpoint every N steps (0 = only the final).")
+    keep_last: int = _f(2, "Step checkpoints to keep.")
+    resume: bool = _f(False, "Continue from the latest checkpoint in --out.")
+    # ---- system
+    seed: int = _f(1337, "Seeds the init and the data order.")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N.")
+    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16.")
+    compile: bool = _f(False, "torch.compile the model.")
+    grad_checkpointing: bool = _f(False, "Activation checkpointing (less memory, ~30% slower).")
+    kernels: str = _f("auto", "Loss kernels (cross-entropy, KD): auto, numba or torch.")
+    fsdp: bool = _f(False, "Shard with FSDP2 instead of DDP under torchrun (teachers that don't fit one GPU).")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's choice).")
+    log_every: int = _f(10, "Refresh tokens/s every N steps.")
+    progress: bool = _f(True, "Show the progress bar.")
+    # ---- sft only
+    val_fraction: float = _f(0.05, "Conversations held out for evaluation (sft).")
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # free-form provenance
+
+    def validate(self) -> TrainConfig:
+        def bad(flag: str, why: str) -> VnminiError:
+            return VnminiError(f"--{flag.replace('_', '-')}: {why}")
+
+        for name in ("seq_len", "micro_batch", "global_batch_tokens", "max_steps", "keep_last", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, f"must be >= 1 (got {getattr(self, name)}).")
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "sample_tokens"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, f"must be >= 0 (got {getattr(self, name)}).")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", f"must be a positive number (got {self.lr}).")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1].")
+        if not 0 < self.decay_fraction <= 1:
+            raise bad("decay_fraction", "must be in (0, 1].")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"{self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}.")
+        if self.kernels not in KERNEL_CHOICES:
+            raise bad("kernels", f"{self.kernels!r} is unknown; choose one of {', '.join(KERNEL_CHOICES)}.")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise bad("dtype", f"{self.dtype!r} is unknown; choose auto, float32 or bfloat16.")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise bad("grad_clip" if self.grad_clip < 0 else "weight_decay", "must be >= 0.")
+        if not 0 <= self.val_fraction < 1:
+            raise bad("val_fraction", "must be in [0, 1).")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def grad_accum(self, world_size: int = 1) -> int:
+        """Micro steps per optimizer step so that one step sees ``global_batch_tokens``."""
+        per = self.micro_batch * self.seq_len * world_size
+        if self.global_batch_tokens % per:
+            raise VnminiError(
+                f"--global-batch-tokens {self.global_batch_tokens} is not a multiple of micro_batch × seq_len × "
+                f"processes = {self.micro_batch} × {self.seq_len} × {world_size} = {per}; pick a multiple of {per}."
+            )
+        return self.global_batch_tokens // per
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool))
+
+# What `vnmini sft` changes from the TrainConfig defaults (fine-tuning wants a lower lr, shorter runs).
+SFT_DEFAULTS: dict[str, Any] = dict(lr=3e-4, warmup_steps=20, max_steps=300, eval_every=50, save_every=100,
+                                    global_batch_tokens=8192, micro_batch=8, seq_len=256, weight_decay=0.0,
+                                    sample_prompt="Điều 1 của Bộ luật lao động năm 2019 quy định gì?",
+                                    out="runs/sft")
+
+
+def field_help(name: str, base: dict[str, Any] | None = None) -> str:
+    """The ``--help`` text of TrainConfig field ``name``, ending in its default (``base`` wins)."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    default = (base or {}).get(name, f.default)
+    if default is None or default == "" or isinstance(default, bool):
+        return f.metadata["help"] + (" [on]" if default is True else "")
+    return f"{f.metadata['help']} [{default}]"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError as e:
+            raise VnminiError(f"{path}: reading TOML on Python 3.10 needs `pip install tomli`.") from e
+    if not path.is_file():
+        raise VnminiError(f"--config {path}: no such file; pass a TOML file of TrainConfig fields.")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise VnminiError(f"{path}: invalid TOML ({e}); fix the file.") from e
+
+
+def _flatten(d: dict[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            for kk, vv in _flatten(v, source).items():
+                if kk in out:
+                    raise VnminiError(f"{source}: key {kk!r} is set twice; keep one.")
+                out[kk] = vv
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A validated TrainConfig from a flat dict; unknown keys raise with the valid names."""
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise VnminiError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(FIELD_NAMES)}.")
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    clean: dict[str, Any] = {}
+    for k, v in values.items():
+        t = str(types[k])
+        if v is not None and t.startswith("int") and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if v is not None and t.startswith("float") and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        clean[k] = v
+    return TrainConfig(**clean).validate()
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults ← ``base`` (e.g. SFT's defaults) ← TOML file ``path`` ← ``overrides`` (None values ignored)."""
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        values.update(_flatten(_read_toml(Path(path)), str(path)))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(values, str(path) if path is not None else "config")

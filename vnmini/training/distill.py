@@ -1,0 +1,280 @@
+"""``vnmini.distill(...)``: a small student learns from a big teacher (the twin of ``vnmini distill``).
+
+Three ways, one entry point::
+
+    import vnmini
+    # 1. online logits: the teacher runs next to the student every step
+    vnmini.distill(teacher="runs/mini/final", data="shards/", preset="micro", out="runs/kd", max_steps=500)
+    # 2. from an offline cache written once by `vnmini teacher cache` (no teacher in memory)
+    vnmini.distill(teacher_cache="cache/", data="shards/", preset="micro", out="runs/kd-cache", max_steps=500)
+    # 3. sequence-level: train on text the teacher wrote (`vnmini teacher generate`)
+    vnmini.distill(teacher_text="teacher.jsonl", tokenizer="tok/", preset="micro", out="runs/seqkd")
+
+Loss (1 and 2), per batch: ``alpha · D(teacher ‖ student) + (1 − alpha) · CE``, with D
+forward KL, reverse KL or skew KL (DistiLLM; ``skew_lambda``), at temperature τ and
+scaled by τ² (the KD gradient then keeps its size as τ grows). The dense KL is
+``vnmini.kernels.kd_loss``; the cache uses ``vnmini.kernels.sparse_kd_loss`` over the k
+cached ids plus one bucket for the leftover mass. Everything else — data order,
+resume, eval bits per byte, torchrun, progress, ``metrics.jsonl``, ``loss.png`` — is
+:class:`vnmini.training.trainer.Trainer`, exactly as in ``vnmini train``; the distillation
+settings are recorded in the checkpoint's ``vnmini.json`` (``config.extra.distill``).
+
+Logit distillation needs one tokenizer for teacher, student and shards: a mismatch
+is refused before any work, naming both vocabularies. Sequence-level distillation
+has no such constraint (the teacher may be any backend, a GGUF included).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vnmini.data.shards import ShardReader, load_manifest
+from vnmini.errors import VnminiError
+from vnmini.training.config import TrainConfig
+from vnmini.training.pretrain import TokenWindows, build_config, make_model, resolve_tokenizer
+from vnmini.training.teacher_cache import (
+    Teacher,
+    TeacherCache,
+    check_same_tokenizer,
+    decode_topk,
+    encode_topk,
+    load_teacher,
+    shards_fingerprint,
+)
+from vnmini.training.trainer import Batch, LossFn, Trainer, cross_entropy_fn
+
+KINDS = ("forward", "reverse", "skew")
+
+
+def check_kd_settings(alpha: float, kind: str, temperature: float, skew_lambda: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise VnminiError(f"--alpha {alpha}: must be in [0, 1] (weight of the KD term; 1 - alpha weighs the CE).")
+    if kind not in KINDS:
+        raise VnminiError(f"--kd {kind!r}: choose one of {', '.join(KINDS)}.")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise VnminiError(f"--temperature {temperature}: must be a positive number.")
+    if not 0.0 <= skew_lambda < 1.0:
+        raise VnminiError(f"--skew-lambda {skew_lambda}: must be in [0, 1).")
+
+
+def _combine(kd: torch.Tensor | None, ce: torch.Tensor | None, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    mets: dict[str, float] = {}
+    total = None
+    if kd is not None:
+        mets["kd"] = float(kd.detach())
+        total = alpha * kd
+    if ce is not None:
+        mets["ce"] = float(ce.detach())
+        total = (1 - alpha) * ce if total is None else total + (1 - alpha) * ce
+    assert total is not None
+    return total, mets
+
+
+def online_loss(teacher: Teacher, alpha: float = 0.5, kind: str = "forward", temperature: float = 1.0,
+                skew_lambda: float = 0.1, kernels: str = "auto") -> LossFn:
+    """Trainer loss hook: the teacher scores the batch's inputs, the student matches its logits."""
+    ce_fn = cross_entropy_fn(kernels)
+
+    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vnmini.kernels import kd_loss
+
+        logits = module(batch.input_ids)
+        v = logits.shape[-1]
+        flat = logits.reshape(-1, v)
+        targets = batch.targets.reshape(-1)
+        kd = ce = None
+        if alpha > 0:
+            t = teacher.logits(batch.input_ids, v).reshape(-1, v).to(flat.device, non_blocking=True)
+            kd = kd_loss(flat, t, kind=kind, temperature=temperature, skew_lambda=skew_lambda, mask=targets != -100,
+                         backend=kernels)
+        if alpha < 1:
+            ce = ce_fn(flat, targets)
+        return _combine(kd, ce, alpha)
+
+    return loss_fn
+
+
+def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", skew_lambda: float = 0.1,
+               kernels: str = "auto") -> LossFn:
+    """Trainer loss hook: sparse KL against the cached top-k (+ leftover mass) at the batch's positions."""
+    ce_fn = cross_entropy_fn(kernels)
+    temperature = cache.temperature
+
+    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vnmini.kernels import sparse_kd_loss
+
+        logits = module(batch.input_ids)
+        b, t, v = logits.shape
+        flat = logits.reshape(-1, v)
+        targets = batch.targets.reshape(-1)
+        kd = ce = None
+        if alpha > 0:
+            ids, logp = cache.lookup(batch.positions, t)
+            dev = flat.device
+            kd = sparse_kd_loss(flat, ids.reshape(b * t, -1).to(dev), logp.reshape(b * t, -1).to(dev), kind=kind,
+                                temperature=temperature, skew_lambda=skew_lambda, mask=targets != -100, backend=kernels)
+        if alpha < 1:
+            ce = ce_fn(flat, targets)
+        return _combine(kd, ce, alpha)
+
+    return loss_fn
+
+
+def _check_cache(cache: TeacherCache, cfg: TrainConfig, tok_hash: str, temperature: float | None) -> None:
+    m = cache.manifest
+    if cache.tokenizer_hash != tok_hash:
+        raise VnminiError(f"vocabulary mismatch: teacher cache {cache.folder} was written with tokenizer {m['tokenizer_hash']} "
+                          f"({m['vocab_size']} tokens), the student's shards {cfg.data} use {tok_hash}; write the cache "
+                          "over these shards, or distill sequence-level with `vnmini teacher generate`.")
+    if m.get("shards_fingerprint") != shards_fingerprint(cfg.data, m.get("split", "train")):
+        raise VnminiError(f"--teacher-cache {cache.folder}: written over another shard set than --data {cfg.data} "
+                          f"(it was made from {m.get('data')}); rerun `vnmini teacher cache --data {cfg.data}`.")
+    if cache.seq_len != cfg.seq_len:
+        raise VnminiError(f"--seq-len {cfg.seq_len}: the cache {cache.folder} holds windows of {cache.seq_len} tokens; "
+                          f"train with --seq-len {cache.seq_len} (positions must see the teacher's context).")
+    if temperature is not None and abs(temperature - cache.temperature) > 1e-9:
+        raise VnminiError(f"--temperature {temperature}: the cache {cache.folder} holds log-probs at temperature "
+                          f"{cache.temperature}; use that, or rewrite the cache with --temperature {temperature}.")
+
+
+def distill(
+    config: TrainConfig | str | Path | None = None,
+    *,
+    teacher: str | Path | Teacher | None = None,
+    teacher_cache: str | Path | None = None,
+    teacher_text: str | Path | None = None,
+    teacher_device: str | None = None,
+    alpha: float = 0.5,
+    kd: str = "forward",
+    temperature: float | None = None,
+    skew_lambda: float = 0.1,
+    train_windows: int | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train a student from ``teacher`` (online), ``teacher_cache`` (offline) or ``teacher_text`` (sequence-level).
+
+    ``config``/``overrides`` are :class:`TrainConfig` fields as in :func:`vnmini.training.pretrain`
+    (``data``, ``preset`` of the student, ``out``, ``max_steps``, ``resume``, ...).
+    ``teacher_device`` defaults to the student's device. ``temperature`` defaults to 1
+    (online) or the cache's. ``train_windows`` limits training to the first N windows of
+    the split (as a cache written with ``max_windows`` does), so runs with and without a
+    cache can see the same rows. Returns the Trainer's summary plus ``distill`` settings.
+    """
+    given = [n for n, v in (("teacher", teacher), ("teacher_cache", teacher_cache), ("teacher_text", teacher_text))
+             if v is not None]
+    if len(given) != 1:
+        raise VnminiError("give exactly one of --teacher (online), --teacher-cache (offline) or --teacher-text "
+                          f"(sequence-level); got {', '.join(given) or 'none'}.")
+    if teacher_text is not None:
+        return _sequence_level(config, Path(teacher_text), overrides)
+    check_kd_settings(alpha, kd, 1.0 if temperature is None else temperature, skew_lambda)
+    cfg = build_config(config, overrides)
+    if not cfg.data:
+        raise VnminiError("--data: give the token shard folder the student trains on (made by `vnmini data prepare`).")
+    tok = resolve_tokenizer(cfg.data, cfg.tokenizer)
+    train_r = ShardReader(cfg.data, "train", tokenizer_hash=tok.hash)
+    has_val = load_manifest(cfg.data)["splits"].get("val", {}).get("tokens")
+    val_r = ShardReader(cfg.data, "val", tokenizer_hash=tok.hash) if has_val else None
+    source = TokenWindows(train_r, val_r, cfg.seq_len)
+    if train_windows is not None:
+        if train_windows < 1:
+            raise VnminiError(f"--train-windows {train_windows}: must be >= 1.")
+        source.train_rows = min(source.train_rows, int(train_windows))
+    settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda, "train_windows": source.train_rows}
+    if teacher_cache is not None:
+        cache = TeacherCache(teacher_cache)
+        _check_cache(cache, cfg, tok.hash, temperature)
+        if cache.windows < source.train_rows:
+            # A partial cache (--max-windows): the student draws only from the covered windows.
+            source.train_rows = cache.windows
+            settings["train_windows"] = cache.windows
+        loss = cache_loss(cache, alpha, kd, skew_lambda, cfg.kernels)
+        settings.update(mode="cache", teacher_cache=str(teacher_cache), temperature=cache.temperature,
+                        k=cache.k, teacher=cache.manifest.get("teacher"))
+    else:
+        from vnmini.training.dist import pick_device
+
+        dev = teacher_device or str(pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+        t = teacher if isinstance(teacher, Teacher) else load_teacher(teacher, device=dev)  # type: ignore[arg-type]
+        check_same_tokenizer(t, tok.hash, tok.vocab_size, f"shards {cfg.data}")
+        temperature = 1.0 if temperature is None else temperature
+        loss = online_loss(t, alpha, kd, temperature, skew_lambda, cfg.kernels)
+        settings.update(mode="online", teacher=t.source, teacher_device=str(t.device), temperature=temperature,
+                        teacher_parameters=t.model.config.num_parameters())
+    cfg = cfg.replace(extra={**cfg.extra, "distill": settings})
+    model = make_model(cfg, tok)
+    trainer = Trainer(cfg, model, source, tokenizer=tok, loss_fn=loss, kind="distill", log=log)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    return {**summary, "distill": settings}
+
+
+def _sequence_level(config: TrainConfig | str | Path | None, path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train on teacher text: chat answers (``messages``) -> SFT; continuations (``text``) -> pretraining."""
+    if not path.is_file():
+        raise VnminiError(f"--teacher-text {path}: no such file; write one with `vnmini teacher generate`.")
+    with path.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        obj = json.loads(first) if first else None
+    except json.JSONDecodeError as e:
+        raise VnminiError(f"--teacher-text {path}: line 1 is not JSON ({e.msg}); pass the JSONL `vnmini teacher "
+                          "generate` wrote.") from e
+    if isinstance(obj, dict) and "messages" in obj:
+        from vnmini.training.sft import sft
+
+        return {**sft(config, **{**overrides, "data": str(path)}), "distill": {"mode": "sequence", "kind": "chat"}}
+    if not (isinstance(obj, dict) and isinstance(obj.get("text"), str)):
+        raise VnminiError(f"--teacher-text {path}: lines need \"messages\" (chat answers) or \"text\" (continuations).")
+    from vnmini.data.shards import prepare_shards
+    from vnmini.text.tokenizer import VnTokenizer
+    from vnmini.training.pretrain import train
+
+    cfg = build_config(config, overrides)
+    if not cfg.tokenizer:
+        raise VnminiError("--tokenizer: sequence-level distillation tokenizes the teacher's text with the student's "
+                          "tokenizer; pass its folder or tokenizer.json.")
+    shards = Path(cfg.out) / "teacher_text_shards"
+    if not (shards / "manifest.json").is_file():
+        tok = VnTokenizer.load(cfg.tokenizer)
+        with path.open(encoding="utf-8") as f:
+            n = sum(1 for line in f if line.strip())
+        # Hold out 5% of the teacher's texts for eval bpb when there are enough of them.
+        prepare_shards([str(path)], tok, shards, val_fraction=0.05 if n >= 20 else 0.0, field="text",
+                       progress=cfg.progress)
+    cfg = cfg.replace(data=str(shards), extra={**cfg.extra, "distill": {"mode": "sequence", "teacher_text": str(path)}})
+    return {**train(cfg), "distill": {"mode": "sequence", "kind": "text", "shards": str(shards)}}
+
+
+def dense_vs_sparse(teacher_logits: torch.Tensor, student_logits: torch.Tensor, k: int, kind: str = "forward",
+                    temperature: float = 1.0, skew_lambda: float = 0.1) -> dict[str, float]:
+    """The dense KD loss and the sparse one from a fp16 top-k cache of the same teacher logits.
+
+    Goes through the cache's own encoding (fp16 log-probs, fp16 log leftover, renormalized
+    on read), so the gap is what a student trained from a k-cache actually sees.
+    """
+    from vnmini.kernels import kd_loss, sparse_kd_loss, topk_lse
+
+    v = teacher_logits.shape[-1]
+    dense = float(kd_loss(student_logits, teacher_logits, kind, temperature, skew_lambda, backend="torch"))
+    lp, ids, _ = topk_lse(teacher_logits, k, temperature)
+    lp16, rest16 = encode_topk(lp, v)
+    lp_read = decode_topk(lp16, rest16)
+    sparse = float(sparse_kd_loss(student_logits, ids, lp_read, kind, temperature, skew_lambda, backend="torch"))
+    return {"dense": dense, "sparse": sparse, "abs_gap": abs(sparse - dense),
+            "rel_gap": abs(sparse - dense) / max(abs(dense), 1e-12),
+            "teacher_mass_in_topk": float(lp.double().exp().sum(-1).mean())}
+
+
+__all__ = ["distill", "online_loss", "cache_loss", "check_kd_settings", "dense_vs_sparse", "KINDS"]

@@ -1,0 +1,116 @@
+"""``vnmini.train(...)``: pretrain a decoder from scratch on token shards (the twin of ``vnmini train``).
+
+    import vnmini
+    summary = vnmini.train(data="shards/", preset="tiny", out="runs/tiny", max_steps=2000)
+    summary = vnmini.train("teacher.toml", lr=1e-3)             # a TOML file, keywords win
+    summary = vnmini.train(config=cfg, resume=True)             # a TrainConfig
+
+Rows are non-overlapping windows of ``seq_len + 1`` tokens of the train split
+(row j starts at token j·seq_len), so ``Batch.positions`` are exact offsets
+into the shard stream (what a teacher cache aligned with the shards needs).
+The tokenizer comes from ``tokenizer=`` (a folder or ``tokenizer.json``), else
+``tokenizer.json`` in the shard folder, else the path recorded in the shard
+manifest; its hash must match the manifest's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vnmini.data.shards import ShardReader, load_manifest
+from vnmini.errors import VnminiError
+from vnmini.text.tokenizer import VnTokenizer
+from vnmini.training.config import TrainConfig, load_config
+from vnmini.training.trainer import Batch, Trainer
+
+
+class TokenWindows:
+    """Train/val rows of a shard set: row j = tokens [j·T, j·T + T] of the split (T = seq_len)."""
+
+    def __init__(self, train: ShardReader, val: ShardReader | None, seq_len: int) -> None:
+        self.readers = {"train": train, "val": val}
+        self.seq_len = seq_len
+        self.train_rows = max(0, (len(train) - 1) // seq_len)
+        self.val_rows = max(0, (len(val) - 1) // seq_len) if val is not None else 0
+
+    def rows(self, split: str, idx: np.ndarray, step: int) -> Batch:
+        reader, t = self.readers[split], self.seq_len
+        assert reader is not None
+        idx = np.asarray(idx, dtype=np.int64)
+        buf = np.stack([reader.read(int(j) * t, t + 1) for j in idx])
+        x = torch.from_numpy(buf)
+        return Batch(x[:, :-1].contiguous(), x[:, 1:].contiguous(), idx * t, step)
+
+
+def resolve_tokenizer(data: str | Path, tokenizer: str | Path | None) -> VnTokenizer:
+    """The run's tokenizer: ``tokenizer`` if given, else the shard folder's, else the manifest's source."""
+    data = Path(data)
+    manifest = load_manifest(data)
+    candidates = [Path(tokenizer)] if tokenizer else [data / "tokenizer.json"]
+    if not tokenizer and manifest.get("tokenizer_source"):
+        candidates.append(Path(manifest["tokenizer_source"]))
+    for c in candidates:
+        if c.exists():
+            tok = VnTokenizer.load(c)
+            if tok.hash != manifest.get("tokenizer_hash"):
+                raise VnminiError(f"--tokenizer {c}: hash {tok.hash} differs from the shards' {manifest.get('tokenizer_hash')} "
+                                  f"({data}/manifest.json); pass the tokenizer the shards were made with.")
+            return tok
+    if tokenizer:
+        raise VnminiError(f"--tokenizer {tokenizer}: no such file or folder.")
+    raise VnminiError(f"{data}: can't find the shards' tokenizer (looked at {', '.join(map(str, candidates))}); "
+                      "pass --tokenizer PATH.")
+
+
+def build_config(config: TrainConfig | str | Path | None, overrides: dict[str, Any],
+                 base: dict[str, Any] | None = None) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config.replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
+    return load_config(config, overrides, base=base)
+
+
+def make_model(cfg: TrainConfig, tok: VnTokenizer):
+    """A fresh model of ``cfg.preset`` sized to the tokenizer (seeded init), or ``cfg.init_from``."""
+    from vnmini.models import LlamaForCausalLM, preset
+
+    if cfg.init_from:
+        from vnmini.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(cfg.init_from)
+        if ck.tokenizer is not None and ck.tokenizer.hash != tok.hash:
+            raise VnminiError(f"--init-from {cfg.init_from}: its tokenizer ({ck.tokenizer.hash}) is not the data's "
+                              f"({tok.hash}); use data made with the checkpoint's tokenizer.")
+        model = ck.model.float()
+    else:
+        mcfg = preset(cfg.preset, vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id)
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(mcfg)
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context ({model.config.max_position_embeddings}); "
+                          "lower --seq-len.")
+    return model
+
+
+def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Pretrain per ``config`` (TrainConfig, TOML path or None) with keyword overrides; returns a summary.
+
+    The summary has ``final`` (checkpoint folder), ``steps``, ``tokens``,
+    ``train_loss``, ``eval_loss``, ``eval_bpb``, ``tokens_per_s``, ``elapsed_s``.
+    """
+    cfg = build_config(config, overrides)
+    if not cfg.data:
+        raise VnminiError("--data: give the token shard folder made by `vnmini data prepare`.")
+    tok = resolve_tokenizer(cfg.data, cfg.tokenizer)
+    train_r = ShardReader(cfg.data, "train", tokenizer_hash=tok.hash)
+    val_r = ShardReader(cfg.data, "val", tokenizer_hash=tok.hash) if load_manifest(cfg.data)["splits"].get("val", {}).get("tokens") else None
+    model = make_model(cfg, tok)
+    trainer = Trainer(cfg, model, TokenWindows(train_r, val_r, cfg.seq_len), tokenizer=tok, kind="pretrain")
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
