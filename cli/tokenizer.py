@@ -21,19 +21,24 @@ def train(
     doc_sep: str = typer.Option("file", "--doc-sep", help="How .txt files split into documents: file, blank or line."),
     tone_style: str = typer.Option("new", "--tone-style", help="new (hòa, thủy) or old (hoà, thuỷ)."),
     min_frequency: int = typer.Option(2, "--min-frequency", help="Ignore pairs seen fewer times."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output of the same kind (never anything else)."),
 ) -> None:
     """Train a byte-level BPE on normalized text, with ChatML special tokens and chat template.
 
     Example: vnmini tokenizer train corpus/train --out tok/ --vocab-size 16384
     """
+    from vnmini.atomic import atomic_dir
     from vnmini.data.corpus import CorpusStats
+    from vnmini.outputs import check_output
     from vnmini.text.tokenizer_train import train_tokenizer
 
+    check_output(out, "tokenizer", force)  # before minutes of training; never into a checkpoint folder
     st = CorpusStats()
     tok = train_tokenizer([str(p) for p in paths], vocab_size, pre, field=field, column=column, doc_sep=doc_sep,
                           tone_style=tone_style, seed_weight=seed_weight, min_frequency=min_frequency,
                           show_progress=True, is_text=False, stats=st)  # fmt: skip
-    tok.save(out)
+    with atomic_dir(out) as tmp:  # all of tokenizer.json/_config/special_tokens_map, or none
+        tok.save(tmp)
     typer.echo(st.summary())
     typer.echo(f"wrote {out} (vocab {tok.vocab_size:,}, pre {tok.pre_tokenizer_name}, hash {tok.hash})")
 

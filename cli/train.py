@@ -137,6 +137,7 @@ def sft_from_statutes(
     seed: int = _O(0, "--seed", help="Shuffles the conversations."),
     max_answer_chars: int = _O(1000, "--max-answer-chars", help="Cut long articles at a line end before this."),
     max_conversations: int = _O(None, "--max-conversations", help="Keep at most this many."),
+    force: bool = _O(False, "--force", "-f", help="Replace an existing output file."),
 ) -> None:
     """Build a Vietnamese chat set (questions about articles → the article's text) from statutes.
 
@@ -144,7 +145,8 @@ def sft_from_statutes(
     """
     from vnmini.data.sft_statutes import build_statute_sft
 
-    s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars, max_conversations=max_conversations)
+    s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars, max_conversations=max_conversations,
+                           force=force)
     for code, n in s["codes"].items():
         typer.echo(f"{n:>6,} conversations  {code}")
     typer.echo(f"wrote {s['out']} ({s['conversations']:,} conversations)")

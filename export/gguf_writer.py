@@ -44,6 +44,7 @@ import torch
 
 from vnmini.atomic import atomic_path
 from vnmini.errors import VnminiError
+from vnmini.outputs import check_output
 from vnmini.export.result import ExportResult, read_verify_text
 
 Q = gguf.GGMLQuantizationType
@@ -155,8 +156,7 @@ def _check_output(output: Path, force: bool) -> Path:
         raise VnminiError(f"{output}: the output must end in .gguf (e.g. -o model-q8_0.gguf).")
     if output.is_dir():
         raise VnminiError(f"{output}: is a folder; give a file name such as {output / 'model.gguf'}.")
-    if output.exists() and not force:
-        raise VnminiError(f"{output}: already exists; pass --force (force=True) to overwrite it.")
+    check_output(output, "gguf", force)
     # The folder is created only when writing; here find the nearest existing ancestor.
     existing = output.parent
     while not existing.exists() and existing != existing.parent:
@@ -299,6 +299,7 @@ def to_gguf(
     license: str | None = None,
     threads: int | None = None,
     progress: bool = False,
+    keep_failed: bool = False,
 ) -> ExportResult:
     """Export a checkpoint folder (or a loaded :class:`vnmini.checkpoint.Checkpoint`) to GGUF.
 
@@ -307,6 +308,12 @@ def to_gguf(
     ``<output stem>.verify.md`` / ``.verify.json`` is written beside it;
     ``verify_text`` (a string or a text file) is the held-out text for bits per
     byte (default: vnmini's bundled Vietnamese sample).
+
+    The file is verified under its temporary name: one that fails never reaches
+    ``output`` (with ``keep_failed`` it is kept as ``<stem>.failed.gguf`` for
+    inspection, with its report) and :class:`VnminiError` says why. An old report
+    beside ``output`` is removed before anything is written, so a file and its
+    report always describe each other, even after a kill.
     """
     quant = quant.lower()
     if quant not in GGUF_QUANTS:
@@ -314,32 +321,67 @@ def to_gguf(
     output = _check_output(Path(output), force)
     verify_text = read_verify_text(verify_text) if verify else None  # a bad --verify-text fails before writing
     ckpt = _load(checkpoint)
-    try:
-        with atomic_path(output) as tmp:
-            if quant in DIRECT_QUANTS:
-                fallbacks = write_gguf(ckpt, tmp, quant, name=name, license=license, progress=progress)
-            else:
-                fd, src = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".f32.tmp", dir=output.parent)
-                os.close(fd)
-                src = Path(src)
-                try:
-                    write_gguf(ckpt, src, "f32", name=name, license=license, progress=progress)
-                    llama_quantize(src, tmp, quant, threads)
-                finally:
-                    src.unlink(missing_ok=True)
-                fallbacks = _kquant_fallbacks(tensor_types(tmp))
-    except OSError as e:
-        raise VnminiError(f"{output}: could not be written ({e.strerror or e}); check the disk and the path.") from e
-    types = tensor_types(output)
-    result = ExportResult(path=output, format="gguf", quant=quant, size_bytes=output.stat().st_size,
-                          tensor_types=dict(Counter(types.values())), fallbacks=fallbacks)
-    if verify:
-        from vnmini.export.gguf_verify import verify_gguf, write_report
+    from vnmini.export.gguf_verify import verify_gguf, write_report
 
-        report = verify_gguf(output, ckpt, quant=quant, text=verify_text, threads=threads)
-        report["export"] = {"quant": quant, "size_bytes": result.size_bytes, "tensor_types": result.tensor_types,
-                            "fallbacks": fallbacks, "block_quantizer": quantizer_name(),
-                            "checkpoint": str(ckpt.path)}
+    for stale in _report_paths(output):  # the old file's report must not outlive it
+        stale.unlink(missing_ok=True)
+    report = None
+    with atomic_path(output) as tmp:
+        if quant in DIRECT_QUANTS:
+            fallbacks = write_gguf(ckpt, tmp, quant, name=name, license=license, progress=progress)
+        else:
+            fd, src = tempfile.mkstemp(prefix=f".{output.name}.{os.getpid()}.", suffix=".f32.tmp", dir=output.parent)
+            os.close(fd)
+            src = Path(src)
+            try:
+                write_gguf(ckpt, src, "f32", name=name, license=license, progress=progress)
+                llama_quantize(src, tmp, quant, threads)
+            finally:
+                src.unlink(missing_ok=True)
+            fallbacks = _kquant_fallbacks(tensor_types(tmp))
+        types = dict(Counter(tensor_types(tmp).values()))
+        size = tmp.stat().st_size
+        if verify:
+            report = verify_gguf(tmp, ckpt, quant=quant, text=verify_text, threads=threads)
+            report["file"] = str(output)
+            report["export"] = {"quant": quant, "size_bytes": size, "tensor_types": types,
+                                "fallbacks": fallbacks, "block_quantizer": quantizer_name(),
+                                "checkpoint": str(ckpt.path)}
+            if not report["passed"]:
+                _refuse_failed(tmp, output, report, keep_failed)
+    result = ExportResult(path=output, format="gguf", quant=quant, size_bytes=size, tensor_types=types,
+                          fallbacks=fallbacks)
+    if report is not None:
         result.verify = report
         result.report_paths = write_report(report, output)
     return result
+
+
+def _report_paths(gguf_path: Path) -> list[Path]:
+    """Where :func:`vnmini.export.gguf_verify.write_report` puts the report of ``gguf_path``."""
+    return [gguf_path.with_suffix(".verify.md"), gguf_path.with_suffix(".verify.json")]
+
+
+def _failed_checks(report: dict[str, Any]) -> str:
+    bad = [name for name, ok in (("tokenization", report["tokenization"].get("equal")),
+                                 ("chat prompt ids", report["chat"].get("equal")),
+                                 ("logits", report["logits"].get("ok") is not False),
+                                 ("finite logits", report.get("checks", {}).get("finite", True)))
+           if not ok]
+    return ", ".join(bad) or "see the report"
+
+
+def _refuse_failed(tmp: Path, output: Path, report: dict[str, Any], keep: bool) -> None:
+    """A file that failed its own verification never sits under the final name."""
+    from vnmini.export.gguf_verify import write_report
+
+    why = _failed_checks(report) + " differ"
+    if keep:
+        failed = output.with_name(output.stem + ".failed.gguf")
+        os.replace(tmp, failed)
+        report["file"] = str(failed)
+        write_report(report, failed)
+        raise VnminiError(f"{output}: verification FAILED ({why}); nothing was written there. The failed file "
+                          f"and its report are kept as {failed} (--keep-failed).")
+    raise VnminiError(f"{output}: verification FAILED ({why}); nothing was written. Fix the cause, or pass "
+                      "--keep-failed to keep the file for inspection, or --no-verify to skip the checks.")

@@ -44,6 +44,7 @@ from torch import nn
 
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
+from vnmini.outputs import check_output
 from vnmini.export.result import ExportResult
 
 EXPORT_META = "onnx_export.json"
@@ -203,8 +204,7 @@ def to_onnx(
         raise VnminiError(f"{checkpoint}: no such checkpoint folder; pass a folder with config.json and model.safetensors.")
     if not (checkpoint / "config.json").is_file():
         raise VnminiError(f"{checkpoint}: no config.json; pass a vnmini/Hugging Face Llama checkpoint folder.")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise VnminiError(f"{out_dir}: already exists; pass --force (force=True) to overwrite it, or choose another -o.")
+    check_output(out_dir, "onnx", force)
     if engine == "genai":
         return _to_onnx_genai(checkpoint, out_dir, dtype, quant, block_size, verify, verify_text)
     ckpt = load_checkpoint(checkpoint, dtype=torch.float32)

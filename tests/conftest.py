@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import time
 
 import pytest
 import torch
@@ -98,3 +101,25 @@ def law_corpus():
         return tok
 
     return build
+
+
+def read_until(proc: subprocess.Popen, marker: bytes, buf: bytes = b"", timeout: float = 60.0) -> bytes:
+    """Read ``proc.stdout`` until ``marker`` appears; fail (never block) after ``timeout`` s or if it exits.
+
+    Every read waits in ``select`` with a deadline, so a child that goes quiet or dies
+    fails the test in seconds instead of hanging the suite in ``os.read``.
+    """
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    while marker not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {marker!r} from the child within {timeout:.0f} s; got {buf[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                err = proc.stderr.read().decode("utf-8", "replace")[-500:] if proc.stderr else ""
+                raise AssertionError(f"the child exited (rc {proc.wait(timeout=10)}) before {marker!r}: {err}")
+            buf += chunk
+    return buf

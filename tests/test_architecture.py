@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # source folder -> import name, as pyproject's package-dir maps them
 PACKAGES = {"vnmini": "vnmini", "kernels": "vnmini.kernels", "models": "vnmini.models",
             "export": "vnmini.export", "cli": "vnmini.cli"}
-CORE = ("vnmini.atomic", "vnmini.paths", "vnmini.jsonl", "vnmini.checkpoint",
+# runtime.sampling is pure data + numpy: the checkpoint writer records its defaults in generation_config.json
+CORE = ("vnmini.runtime.sampling", "vnmini.atomic", "vnmini.paths", "vnmini.outputs", "vnmini.jsonl", "vnmini.checkpoint",
         "vnmini.progress", "vnmini.metrics", "vnmini.assets", "vnmini.text", "vnmini.data")
 LAYERS = [  # (rank, module prefixes); the longest matching prefix decides
     (-1, ("vnmini._version", "vnmini.errors")),  # the one error type and the version: usable everywhere

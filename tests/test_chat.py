@@ -14,6 +14,7 @@ import time
 import unicodedata
 
 import pytest
+from conftest import read_until
 
 from vnmini.errors import VnminiError
 from vnmini.runtime.chat import ChatSession
@@ -147,19 +148,19 @@ def test_chat_cli_ctrl_c_stops_answer_not_program(tiny_checkpoint):
     p = _chat_proc(tiny_checkpoint, "-n", "200", "-t", "0.8", slow_s=0.05)
     p.stdin.write("Xin chào\n".encode())
     p.stdin.flush()
-    buf = b""
-    deadline = time.time() + 60
-    while b"context" not in buf and time.time() < deadline:  # the banner names the context length
-        buf += os.read(p.stdout.fileno(), 4096)
-    time.sleep(1.0)  # mid-answer: 200 tokens x 50 ms
-    p.send_signal(signal.SIGINT)
-    while b"(stopped)" not in buf and time.time() < deadline:
-        buf += os.read(p.stdout.fileno(), 4096)
-    assert p.poll() is None  # still running, back at the prompt
-    time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    while b"Ctrl-C again" not in buf and time.time() < deadline:
-        buf += os.read(p.stdout.fileno(), 4096)
+    try:
+        buf = read_until(p, b"context", b"", timeout=60)  # the banner names the context length
+        time.sleep(1.0)  # mid-answer: 200 tokens x 50 ms
+        p.send_signal(signal.SIGINT)
+        buf = read_until(p, b"(stopped)", buf, timeout=60)
+        assert p.poll() is None  # still running, back at the prompt
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        buf = read_until(p, b"Ctrl-C again", buf, timeout=60)
+    except BaseException:
+        p.kill()
+        p.communicate(timeout=30)
+        raise
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)

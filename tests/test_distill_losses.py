@@ -7,6 +7,8 @@ sparse KL equals dense KL when k = vocab.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,7 @@ def torch_dense64(x, t, kind, temp, lam):
 @pytest.mark.parametrize("kind", ["forward", "reverse", "skew"])
 @pytest.mark.parametrize("temp", [1.0, 2.5])
 def test_dense_kd_matches_float64(kind, temp, backend):
-    rng = np.random.default_rng(hash((kind, temp, backend)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, temp, backend)).encode()))  # fixed across PYTHONHASHSEED
     n, v = 37, 211  # odd shapes
     s = rng.normal(0, 3, (n, v)).astype(np.float32)
     t = rng.normal(0, 3, (n, v)).astype(np.float32)
@@ -96,7 +98,7 @@ def test_dense_kd_matches_float64(kind, temp, backend):
 @pytest.mark.parametrize("kind", ["forward", "reverse", "skew"])
 @pytest.mark.parametrize("temp", [1.0, 0.7])
 def test_sparse_kd_matches_float64_k_below_vocab(kind, temp, backend):
-    rng = np.random.default_rng(hash((kind, temp, backend, "s")) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, temp, backend, "s")).encode()))
     n, v, k = 29, 173, 11
     s = rng.normal(0, 2, (n, v)).astype(np.float32)
     t = rng.normal(0, 2, (n, v)).astype(np.float32)

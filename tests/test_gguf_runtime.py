@@ -111,14 +111,15 @@ def test_cli_export_with_verify_report(exported, cli, tmp_path):
     rep = json.loads(out.with_suffix(".verify.json").read_text(encoding="utf-8"))
     assert rep["passed"] and rep["quant"] == "q8_0" and rep["export"]["tensor_types"]["q8_0"] == 15  # embedding + 2 × 7 matrices
     assert "| tokenization |" in out.with_suffix(".verify.md").read_text(encoding="utf-8")
-    # Exists → refused without --force, untouched; --force --no-verify overwrites.
+    # Exists → refused without --force, untouched; --force --no-verify overwrites, and the old file's
+    # report goes with it (a report never describes another file).
     before = out.read_bytes()
     code, _, err = cli("export", "gguf", ck, "-o", out, "--quant", "f16")
     assert code == 2 and "--force" in err and err.count("\n") == 1 and out.read_bytes() == before
     code, _, err = cli("export", "gguf", ck, "-o", out, "--quant", "f16", "--force", "--no-verify")
     assert code == 0, err
     assert out.read_bytes() != before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["m-q8_0.gguf", "m-q8_0.verify.json", "m-q8_0.verify.md"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m-q8_0.gguf"]
 
 
 def _one_line_error(cli, *args):

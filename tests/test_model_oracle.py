@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["gqa-untied", "mha-tied", "mqa-bias"])
 def test_hf_folder_loads_with_same_logits(tmp_path, shape):
-    hf = hf_model(dict(shape, max_position_embeddings=128), seed=hash(str(shape)) % 1000)
+    hf = hf_model(dict(shape, max_position_embeddings=128), seed=zlib.crc32(str(shape).encode()) % 1000)
     hf.save_pretrained(tmp_path)
     ours = load_hf_model(tmp_path)
     ids = torch.randint(0, shape["vocab_size"], (2, 37), generator=torch.Generator().manual_seed(1))
@@ -132,7 +133,7 @@ def test_greedy_generation_equals_transformers(tmp_path):
     gen = TorchGenerator(load_hf_model(tmp_path), tokenizer=None)
     gen.stop_ids = set()
     prompt = [5, 17, 99, 3, 250, 42]
-    ours = [ev.id for ev in gen.generate(prompt, max_new_tokens=30, temperature=0)]
+    ours = [ev.id for ev in gen.generate(prompt, max_new_tokens=30, temperature=0, repetition_penalty=1.0)]
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
                           pad_token_id=2, min_new_tokens=30)[0, len(prompt):].tolist()

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
+from vnmini.runtime.sampling import DEFAULTS
 from vnmini.models import LlamaForCausalLM, ModelConfig, export_state_dict, load_hf_model, read_config
 from vnmini.text.tokenizer import VnTokenizer
 
@@ -54,11 +55,11 @@ def generation_config(cfg: ModelConfig, tokenizer: VnTokenizer | None) -> dict[s
         "eos_token_id": eos if len(eos) != 1 else eos[0],
         "pad_token_id": tokenizer.pad_id if tokenizer is not None else cfg.pad_token_id,
         "do_sample": True,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": 50,
-        "repetition_penalty": 1.1,
-        "max_new_tokens": 256,
+        "temperature": DEFAULTS.temperature,
+        "top_p": DEFAULTS.top_p,
+        "top_k": DEFAULTS.top_k,
+        "repetition_penalty": DEFAULTS.repetition_penalty,
+        "max_new_tokens": DEFAULTS.max_new_tokens,
     }
 
 
@@ -138,6 +139,14 @@ def load_checkpoint(
             prov = json.loads(pfile.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise VnminiError(f"{pfile}: invalid JSON ({e.msg}); fix or delete it.") from e
+    want = prov.get("tokenizer_hash") if isinstance(prov, dict) else None
+    if want and tokenizer is not None and tokenizer.hash != want:
+        # The ids a model learned mean nothing under another vocabulary: refuse rather than emit garbage.
+        raise VnminiError(
+            f"{folder / 'tokenizer.json'}: does not match the tokenizer this checkpoint was trained with "
+            f"(hash {tokenizer.hash}, recorded {want} in {PROVENANCE_FILE}); restore the checkpoint's own "
+            "tokenizer files."
+        )
     return Checkpoint(model=model, tokenizer=tokenizer, path=folder, provenance=prov)
 
 

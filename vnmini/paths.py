@@ -6,6 +6,8 @@ overwrite something.
     path_kind("m.gguf")             # 'gguf'
     path_kind("m-onnx")             # 'onnx'       (a folder with model.onnx)
     path_kind("shards")             # 'shards'     (manifest.json of vnmini-shards)
+    path_kind("corpus")             # 'corpus'     (from `vnmini corpus fetch`); also 'teacher-cache',
+                                    # 'tokenizer', 'bench', 'quickstart'
     path_kind("x.txt")              # 'file';  'folder', 'empty-folder', 'missing' otherwise
 
 Kinds are recognized by their files (and a GGUF by its magic bytes), never by a
@@ -20,23 +22,27 @@ from pathlib import Path
 GGUF_MAGIC = b"GGUF"
 SHARDS_FORMAT = "vnmini-shards/1"
 CACHE_FORMAT = "vnmini-teacher-cache/1"
-KINDS = ("missing", "gguf", "onnx", "checkpoint", "run", "shards", "teacher-cache", "tokenizer",
-         "empty-folder", "folder", "file")
+KINDS = ("missing", "gguf", "onnx", "checkpoint", "run", "shards", "teacher-cache", "tokenizer", "corpus",
+         "bench", "quickstart", "empty-folder", "folder", "file")
+
+# what a training run folder holds (sequence-level distillation keeps its teacher-text shards in it)
+RUN_MARKERS = ("metrics.jsonl", ".vnmini.lock", "final", "teacher_text_shards")
 
 _DESCRIBE = {
     "gguf": "a GGUF file", "onnx": "an ONNX export folder", "checkpoint": "a checkpoint folder",
     "run": "a training run folder", "shards": "a token shard folder", "teacher-cache": "a teacher cache folder",
-    "tokenizer": "a tokenizer folder", "empty-folder": "an empty folder", "folder": "a folder", "file": "a file",
+    "tokenizer": "a tokenizer folder", "corpus": "a corpus folder (`vnmini corpus fetch`)",
+    "bench": "a bench results folder", "quickstart": "a quickstart run folder", "empty-folder": "an empty folder", "folder": "a folder", "file": "a file",
     "missing": "nothing",
 }
 
 
-def _manifest_format(folder: Path) -> str | None:
+def _manifest(folder: Path) -> dict:
     try:
         m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return m.get("format") if isinstance(m, dict) else None
+        return {}
+    return m if isinstance(m, dict) else {}
 
 
 def _is_gguf(path: Path) -> bool:
@@ -63,12 +69,18 @@ def path_kind(path: str | Path) -> str:
     if (path / "config.json").is_file():
         return "checkpoint"
     if (path / "manifest.json").is_file():
-        fmt = _manifest_format(path)
-        if fmt == SHARDS_FORMAT:
+        m = _manifest(path)
+        if m.get("format") == SHARDS_FORMAT:
             return "shards"
-        if fmt == CACHE_FORMAT:
+        if m.get("format") == CACHE_FORMAT:
             return "teacher-cache"
-    if (path / "metrics.jsonl").is_file() or (path / "final").is_dir() or any(path.glob("step_*")):
+        if "codes" in m and "heldout" in m:
+            return "corpus"
+    if (path / "stages.json").is_file():
+        return "quickstart"
+    if (path / "bench.json").is_file():
+        return "bench"
+    if any((path / m).exists() for m in RUN_MARKERS) or any(path.glob("step_*")):
         return "run"
     if (path / "tokenizer.json").is_file():
         return "tokenizer"

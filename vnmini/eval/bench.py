@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from vnmini.atomic import atomic_path, write_json, write_text
+from vnmini.atomic import atomic_dir, atomic_path, write_json, write_text
 from vnmini.errors import VnminiError
+from vnmini.outputs import check_output
 
 
 # -------------------------------------------------------------- bandwidth
@@ -183,18 +184,22 @@ def quant_label(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- running
-def run_child(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
     """Measure one model in a fresh interpreter; returns the child's JSON."""
     env = dict(os.environ)
     if spec.get("threads"):
         env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
-    proc = subprocess.run([sys.executable, "-m", "vnmini.eval.bench_child", json.dumps(spec)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vnmini.eval.bench_child", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise VnminiError(f"{spec['model']}: the benchmark ran over {timeout:.0f} s; lower --prompt-tokens, "
+                          "--decode-tokens or --repeats.") from e
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     try:
         res = json.loads(last)
     except json.JSONDecodeError:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (proc.stderr.strip().splitlines() or [f"no output, exit code {proc.returncode}"])[-1]
         raise VnminiError(f"{spec['model']}: the benchmark process failed ({tail[:200]}).") from None
     if "error" in res:
         raise VnminiError(res["error"])
@@ -266,13 +271,17 @@ def bench(
     bandwidth: bool = True,
     progress: bool = False,
     bandwidth_mib: int = 512,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Benchmark each model in its own process; returns rows, bandwidth and the markdown table.
 
-    With ``out_dir``, writes ``bench.json``, ``bench.md`` and ``bench.png`` there (atomically).
+    With ``out_dir``, writes ``bench.json``, ``bench.md`` and ``bench.png`` there (atomically);
+    an existing results folder is replaced only with ``force``, anything else never.
     """
     if not models:
         raise VnminiError("vnmini bench: give at least one MODEL (checkpoint folder, .gguf or ONNX folder).")
+    if out_dir is not None:
+        check_output(out_dir, "bench", force)
     from vnmini.runtime.loader import detect_backend
 
     for m in models:
@@ -303,9 +312,9 @@ def bench(
                            "warmup": warmup, "threads": threads}}
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "bench.json", {k: v for k, v in result.items() if k != "markdown"})
-        write_text(out / "bench.md", md)
-        plot(rows, out / "bench.png")
+        with atomic_dir(out) as tmp:  # one rename: a folder of the old run's and new run's files never exists
+            write_json(tmp / "bench.json", {k: v for k, v in result.items() if k != "markdown"})
+            write_text(tmp / "bench.md", md)
+            plot(rows, tmp / "bench.png")
         result["files"] = [str(out / n) for n in ("bench.json", "bench.md", "bench.png")]
     return result

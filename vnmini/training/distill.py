@@ -177,7 +177,9 @@ def distill(
     if teacher_text is not None:
         return _sequence_level(config, Path(teacher_text), overrides)
     check_kd_settings(alpha, kd, 1.0 if temperature is None else temperature, skew_lambda)
-    cfg = build_config(config, overrides)
+    cache = TeacherCache(teacher_cache) if teacher_cache is not None else None
+    # With a cache, its window length is the default (a --seq-len flag or config value still wins, and is checked).
+    cfg = build_config(config, overrides, base={"seq_len": cache.seq_len} if cache is not None else None)
     if not cfg.data:
         raise VnminiError("--data: give the token shard folder the student trains on (made by `vnmini data prepare`).")
     tok = resolve_tokenizer(cfg.data, cfg.tokenizer)
@@ -190,8 +192,7 @@ def distill(
             raise VnminiError(f"--train-windows {train_windows}: must be >= 1.")
         source.train_rows = min(source.train_rows, int(train_windows))
     settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda, "train_windows": source.train_rows}
-    if teacher_cache is not None:
-        cache = TeacherCache(teacher_cache)
+    if cache is not None:
         _check_cache(cache, cfg, tok.hash, temperature)
         if cache.windows < source.train_rows:
             # A partial cache (--max-windows): the student draws only from the covered windows.

@@ -59,6 +59,7 @@ from safetensors.numpy import save_file
 from vnmini.atomic import atomic_path, write_json
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
+from vnmini.paths import describe_kind, path_kind
 from vnmini.progress import progress_bar
 from vnmini.text.tokenizer import VnTokenizer
 from vnmini.training import dist
@@ -194,12 +195,18 @@ def write_teacher_cache(
     device: str = "auto",
     max_windows: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run ``teacher`` over the ``split`` windows of shard set ``data``; write the cache to ``out``.
 
-    Returns the manifest (with ``bytes_per_token`` and ``elapsed_s``). Reruns skip
-    finished parts; under ``torchrun`` the parts are shared round-robin by the ranks.
+    Returns the manifest (with ``bytes_per_token`` and ``elapsed_s``). Reruns with the
+    same settings skip finished parts (resume); a cache made with other settings is
+    replaced only with ``force``; a folder of another kind never. Under ``torchrun``
+    the parts are shared round-robin by the ranks.
     """
+    kind = path_kind(out)
+    if kind not in ("missing", "empty-folder", "teacher-cache"):
+        raise VnminiError(f"-o {out}: is {describe_kind(kind)}, not a teacher cache; choose another -o.")
     from vnmini.kernels import topk_lse
 
     env = dist.setup(device)
@@ -238,9 +245,13 @@ def write_teacher_cache(
         if mpath.is_file():
             old = json.loads(mpath.read_text(encoding="utf-8"))
             diff = [key for key in PLAN_KEYS if old.get(key) != plan[key]]
-            if diff:
+            if diff and not force:
                 raise VnminiError(f"{out}: holds a teacher cache made with other settings ({', '.join(diff)}); "
-                                  "pass another --out or delete that folder.")
+                                  "pass --force to replace it, or choose another -o.")
+            if diff and env.rank == 0:
+                for part in out.glob("part_*.safetensors"):
+                    part.unlink()
+                write_json(mpath, {**plan, "complete": False})
         elif env.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_json(mpath, {**plan, "complete": False})

@@ -62,6 +62,8 @@ from torch import nn
 from vnmini.atomic import atomic_path, write_text
 from vnmini.checkpoint import load_checkpoint, save_checkpoint
 from vnmini.errors import VnminiError
+from vnmini.outputs import run_lock
+from vnmini.paths import describe_kind, path_kind
 from vnmini.metrics import BpbMeter
 from vnmini.progress import progress_bar
 from vnmini.training import dist
@@ -108,18 +110,9 @@ def default_forward(module: nn.Module, batch: Batch) -> torch.Tensor:
 def cross_entropy_fn(kernels: str = "auto") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Mean CE over targets != -100: ``vnmini.kernels.cross_entropy`` (numba|auto) or torch's."""
     if kernels != "torch":
-        try:
-            import vnmini.kernels as kmod
+        from vnmini.kernels import cross_entropy
 
-            ce = getattr(kmod, "cross_entropy", None)
-            ce = getattr(ce, "cross_entropy", ce)  # while the package doesn't re-export it yet
-            if not callable(ce):
-                raise ImportError("vnmini.kernels has no cross_entropy")
-        except ImportError as e:
-            if kernels == "numba":
-                raise VnminiError(f"--kernels numba: vnmini.kernels is unavailable ({e}); use --kernels torch.") from e
-        else:
-            return functools.partial(ce, ignore_index=-100, backend=kernels)
+        return functools.partial(cross_entropy, ignore_index=-100, backend=kernels)
     return functools.partial(F.cross_entropy, ignore_index=-100)
 
 
@@ -184,15 +177,30 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+RESUME_HINT = "Continue by rerunning the same command with --resume (`vnmini quickstart` resumes by itself)."
+
+
+class Interrupted(VnminiError):
+    """Ctrl-C during training: the message says what was saved; the CLI exits 130."""
+
+    exit_code = 130
+
+
+def _saved_step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "vnmini.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 def find_resume_point(run_dir: Path) -> Path | None:
     """The checkpoint with the highest step that holds a complete ``trainer_state.pt``."""
     best: tuple[int, Path] | None = None
     for d in run_dir.glob("*") if run_dir.is_dir() else []:
         if not (d.is_dir() and (d / STATE_FILE).is_file() and (_STEP_DIR.match(d.name) or d.name == "final")):
             continue
-        try:
-            step = int(json.loads((d / "vnmini.json").read_text(encoding="utf-8"))["step"])
-        except (OSError, ValueError, KeyError):
+        step = _saved_step(d)
+        if step < 0:
             continue
         if best is None or step > best[0] or (step == best[0] and d.name != "final"):
             best = (step, d)
@@ -376,6 +384,13 @@ class Trainer:
             raise VnminiError(f"{folder}: saved with optimizer format {state.get('optimizer_format')}, this run needs "
                               f"{want}; resume with the same --fsdp setting.")
         ck = load_checkpoint(folder)
+        have, want = ck.model.config, self.model.config
+        shape = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim")
+        diff = [f"{k} {getattr(have, k)} → {getattr(want, k)}" for k in shape if getattr(have, k) != getattr(want, k)]
+        if diff:
+            raise VnminiError(f"--resume {folder}: was saved with another model shape ({', '.join(diff)}); resume "
+                              "with the run's own --preset/--tokenizer/--init-from, or choose another --out.")
         dist.load_model(self.model, ck.model.state_dict(), self.env, self.cfg.fsdp)
         dist.load_optimizer(self.model, self.opt, state["optimizer"], self.env, self.cfg.fsdp)
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
@@ -395,7 +410,13 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         cfg = self.cfg
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            kind = path_kind(self.run_dir)
+            if kind not in ("missing", "empty-folder", "run"):
+                raise VnminiError(f"--out {self.run_dir}: is {describe_kind(kind)}, not a training run folder; "
+                                  "choose another --out.")
+            # Held until fit() ends; a second writer of the same folder fails at once.
+            self._lock = contextlib.ExitStack()
+            self._lock.enter_context(run_lock(self.run_dir))
             # Leftovers of a killed save: temp folders/files from atomic_dir/atomic_path.
             for p in list(self.run_dir.glob(".*.tmp")) + list(self.run_dir.glob(".*.old-*")) + list(self.run_dir.glob("*/.*.tmp")):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -439,7 +460,11 @@ class Trainer:
     # -------------------------------------------------------------- fit
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self._prepare_run_dir()
+        try:
+            self._prepare_run_dir()
+        except BaseException:
+            self._release_lock()
+            raise
         self.module.train()
         progress = progress_bar(
             "train", cfg.max_steps, enabled=self.is_main and cfg.progress, completed=self.step,
@@ -451,71 +476,95 @@ class Trainer:
         loss_val = float("nan")
         stopped_early = False
         try:
-            while self.step < cfg.max_steps:
-                lr = lr_at(cfg, self.step)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                total = torch.zeros((), dtype=torch.float64, device=self.device)
-                extras: dict[str, float] = {}
-                for m in range(self.accum):
-                    batch = self._micro_batch(self.step, m)
-                    # Gradients are all-reduced once per optimizer step, on the last micro step.
-                    sync = self._ddp.no_sync() if self._ddp and m < self.accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with self._autocast():
-                            loss, mets = self.loss_fn(self.module, batch)
-                        (loss / self.accum).backward()
-                    total += loss.detach().double()
-                    for k, v in mets.items():
-                        extras[k] = extras.get(k, 0.0) + float(v) / self.accum
-                dist.all_reduce_sum(total, self.env)
-                loss_val = float(total) / (self.accum * self.env.world_size)
-                gnorm = dist.grad_norm_clip(self.model, cfg.grad_clip)
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
-                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    raise VnminiError(f"step {self.step + 1}: {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
-                                      f"is {loss_val if not math.isfinite(loss_val) else gnorm}; stopped ({where}). "
-                                      "Lower --lr, raise --warmup-steps or check the data, then --resume.")
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += cfg.global_batch_tokens
-                window_tok += cfg.global_batch_tokens
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    tok_s = window_tok / max(now - window_t, 1e-9)
-                    window_t, window_tok = now, 0
-                mfu = tok_s * self.flops_per_token / (self.peak_flops * self.env.world_size) if self.peak_flops and self.flops_per_token else None
-                rec = {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": self.tokens_seen,
-                       "tokens_per_s": round(tok_s, 1), "elapsed_s": round(time.perf_counter() - t_start, 3), **extras}
-                if mfu is not None:
-                    rec["mfu"] = round(mfu, 4)
-                self._write(rec)
-                progress.update(completed=self.step, loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", tps=f"{tok_s:,.0f}",
-                                mfu=f" · MFU {mfu:.1%}" if mfu is not None else "")
-                out_of_time = cfg.max_minutes is not None and dist.any_flag(
-                    time.perf_counter() - t_start > cfg.max_minutes * 60, self.env)
-                done = self.step == cfg.max_steps or out_of_time
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
-                    t_pause = time.perf_counter()
-                    self._eval_and_log()
-                    window_t += time.perf_counter() - t_pause
-                if cfg.save_every and self.step % cfg.save_every == 0 and not done:
-                    t_pause = time.perf_counter()
-                    last_ckpt = self.save(f"step_{self.step:06d}") or last_ckpt
-                    window_t += time.perf_counter() - t_pause
-                if out_of_time:
-                    stopped_early = True
-                    self._log(f"--max-minutes {cfg.max_minutes} reached at step {self.step}")
-                    break
+            try:
+                while self.step < cfg.max_steps:
+                    lr = lr_at(cfg, self.step)
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
+                    total = torch.zeros((), dtype=torch.float64, device=self.device)
+                    extras: dict[str, float] = {}
+                    for m in range(self.accum):
+                        batch = self._micro_batch(self.step, m)
+                        # Gradients are all-reduced once per optimizer step, on the last micro step.
+                        sync = self._ddp.no_sync() if self._ddp and m < self.accum - 1 else contextlib.nullcontext()
+                        with sync:
+                            with self._autocast():
+                                loss, mets = self.loss_fn(self.module, batch)
+                            (loss / self.accum).backward()
+                        total += loss.detach().double()
+                        for k, v in mets.items():
+                            extras[k] = extras.get(k, 0.0) + float(v) / self.accum
+                    dist.all_reduce_sum(total, self.env)
+                    loss_val = float(total) / (self.accum * self.env.world_size)
+                    gnorm = dist.grad_norm_clip(self.model, cfg.grad_clip)
+                    if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+                        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                        raise VnminiError(f"step {self.step + 1}: {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
+                                          f"is {loss_val if not math.isfinite(loss_val) else gnorm}; stopped ({where}). "
+                                          "Lower --lr, raise --warmup-steps or check the data, then --resume.")
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    self.step += 1
+                    self.tokens_seen += cfg.global_batch_tokens
+                    window_tok += cfg.global_batch_tokens
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        now = time.perf_counter()
+                        tok_s = window_tok / max(now - window_t, 1e-9)
+                        window_t, window_tok = now, 0
+                    mfu = tok_s * self.flops_per_token / (self.peak_flops * self.env.world_size) if self.peak_flops and self.flops_per_token else None
+                    rec = {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": self.tokens_seen,
+                           "tokens_per_s": round(tok_s, 1), "elapsed_s": round(time.perf_counter() - t_start, 3), **extras}
+                    if mfu is not None:
+                        rec["mfu"] = round(mfu, 4)
+                    self._write(rec)
+                    progress.update(completed=self.step, loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", tps=f"{tok_s:,.0f}",
+                                    mfu=f" · MFU {mfu:.1%}" if mfu is not None else "")
+                    out_of_time = cfg.max_minutes is not None and dist.any_flag(
+                        time.perf_counter() - t_start > cfg.max_minutes * 60, self.env)
+                    done = self.step == cfg.max_steps or out_of_time
+                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
+                        t_pause = time.perf_counter()
+                        self._eval_and_log()
+                        window_t += time.perf_counter() - t_pause
+                    if cfg.save_every and self.step % cfg.save_every == 0 and not done:
+                        t_pause = time.perf_counter()
+                        last_ckpt = self.save(f"step_{self.step:06d}") or last_ckpt
+                        window_t += time.perf_counter() - t_pause
+                    if out_of_time:
+                        stopped_early = True
+                        self._log(f"--max-minutes {cfg.max_minutes} reached at step {self.step}")
+                        break
+            except KeyboardInterrupt:
+                progress.close()
+                raise self._interrupted() from None
             if not self.last_eval:  # resumed at (or past) max_steps: nothing trained, still report
                 self._eval_and_log()
             final = self.save("final")
         finally:
             progress.close()
+            self._release_lock()
         return {"run_dir": str(self.run_dir), "final": str(final) if final else None, "steps": self.step,
                 "tokens": self.tokens_seen, "train_loss": loss_val, "stopped_early": stopped_early,
                 "elapsed_s": time.perf_counter() - t_start, "tokens_per_s": tok_s, **self.last_eval}
+
+    def _release_lock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _interrupted(self) -> VnminiError:
+        """Ctrl-C: save a resumable checkpoint of the last finished step and say how to continue."""
+        if self.env.world_size > 1:
+            # The other ranks may be inside a collective; a save would hang. torchrun stops them all.
+            return Interrupted(f"interrupted at step {self.step}; resume from the last checkpoint with --resume.")
+        last = find_resume_point(self.run_dir)
+        if self.step == 0:
+            return Interrupted(f"interrupted before the first step; nothing to save in {self.run_dir}.")
+        if last is not None and _saved_step(last) == self.step:
+            return Interrupted(f"interrupted at step {self.step}; {last} holds it. {RESUME_HINT}")
+        self._log(f"interrupted: saving step {self.step} (Ctrl-C again to abandon it)")
+        folder = self.save(f"step_{self.step:06d}")
+        return Interrupted(f"interrupted at step {self.step}; saved {folder}. {RESUME_HINT}")
 
     def close(self) -> None:
         """Leave the process group (if this trainer joined it) and restore torch's thread count."""
