@@ -254,7 +254,12 @@ def write_teacher_cache(
                 write_json(mpath, {**plan, "complete": False})
         elif env.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            write_json(mpath, {**plan, "complete": False})
+            try:
+                write_json(mpath, {**plan, "complete": False})
+            except BaseException:
+                if not any(out.iterdir()):  # ours and empty: leave nothing behind
+                    out.rmdir()
+                raise
         dist.barrier(env)
 
         mine = [p for p in range(env.rank, n_parts, env.world_size)]
