@@ -44,8 +44,8 @@ import torch
 
 from vnmini.atomic import atomic_path
 from vnmini.errors import VnminiError
-from vnmini.outputs import check_output
 from vnmini.export.result import ExportResult, read_verify_text
+from vnmini.outputs import check_output
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType

@@ -44,8 +44,8 @@ from torch import nn
 
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
-from vnmini.outputs import check_output
 from vnmini.export.result import ExportResult
+from vnmini.outputs import check_output
 
 EXPORT_META = "onnx_export.json"
 MODEL_FILE = "model.onnx"

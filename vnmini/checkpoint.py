@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from vnmini.atomic import atomic_dir, write_json
 from vnmini.errors import VnminiError
-from vnmini.runtime.sampling import DEFAULTS
 from vnmini.models import LlamaForCausalLM, ModelConfig, export_state_dict, load_hf_model, read_config
+from vnmini.runtime.sampling import DEFAULTS
 from vnmini.text.tokenizer import VnTokenizer
 
 PROVENANCE_FILE = "vnmini.json"

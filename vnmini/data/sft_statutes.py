@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from vnmini.atomic import atomic_path
-from vnmini.outputs import check_output
 from vnmini.errors import VnminiError
+from vnmini.outputs import check_output
 from vnmini.text.normalization import normalize
 
 _ARTICLE = re.compile(r"^Điều (\d+[a-zđ]*)\.\s*([^\n]*)\n?(.*)$", re.S)

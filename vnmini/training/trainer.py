@@ -62,9 +62,9 @@ from torch import nn
 from vnmini.atomic import atomic_path, write_text
 from vnmini.checkpoint import load_checkpoint, save_checkpoint
 from vnmini.errors import VnminiError
+from vnmini.metrics import BpbMeter
 from vnmini.outputs import run_lock
 from vnmini.paths import describe_kind, path_kind
-from vnmini.metrics import BpbMeter
 from vnmini.progress import progress_bar
 from vnmini.training import dist
 from vnmini.training.config import TrainConfig
