@@ -84,7 +84,8 @@ def build(args, work: Path) -> Path:
 def hf_eager(ckpt: Path, ids: list[int], decode_tokens: int, repeats: int, threads: int) -> dict:
     spec = {"ckpt": str(ckpt), "ids": ids, "decode_tokens": decode_tokens, "repeats": repeats, "threads": threads}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    p = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=3600)
+    p = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env,
+                       timeout=3600)
     if p.returncode != 0:
         raise SystemExit(f"transformers run failed:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

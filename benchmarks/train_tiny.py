@@ -65,7 +65,8 @@ def main() -> None:
                   threads=args.threads, sample_tokens=0, progress=False)
     probe = BENCH / "tiny_probe"
     shutil.rmtree(probe, ignore_errors=True)
-    p = train(**common, out=str(probe), max_steps=4, warmup_steps=1, eval_every=0, save_every=0, eval_tokens=0, log_every=1)
+    p = train(**common, out=str(probe), max_steps=4, warmup_steps=1, eval_every=0, save_every=0, eval_tokens=0,
+              log_every=1)
     steps = max(10, int(args.minutes * 60 * p["tokens_per_s"] / args.batch_tokens * 0.9))
     out = BENCH / "tiny_run"
     shutil.rmtree(out, ignore_errors=True)
@@ -78,7 +79,8 @@ def main() -> None:
           f"= {s['tokens']:,} tokens in {wall / 60:.1f} min ({s['tokens'] / wall:,.0f} tok/s incl. eval)\n")
     print("| metric | value |\n|---|---:|")
     print(f"| train loss (last step) | {s['train_loss']:.3f} |")
-    print(f"| val loss / bpb (in-domain val split, {s.get('eval_tokens', 0):,} tokens) | {s['eval_loss']:.3f} / {s['eval_bpb']:.3f} |")
+    print(f"| val loss / bpb (in-domain val split, {s.get('eval_tokens', 0):,} tokens) | "
+          f"{s['eval_loss']:.3f} / {s['eval_bpb']:.3f} |")
     print(f"| **held-out code bpb** ({ntok:,} tokens of the unseen code) | **{bpb:.3f}** |")
     print(f"| loss curve | {out / 'loss.png'} |")
 

@@ -38,7 +38,8 @@ def _read_line(prompt: str) -> str:
 def chat(
     model: Path = typer.Argument(..., help="Checkpoint folder, .gguf file or ONNX folder."),
     system: str | None = typer.Option(None, "--system", "-s", help="System prompt (kept when old turns are dropped)."),
-    max_new_tokens: int = typer.Option(DEFAULTS.max_new_tokens, "--max-new-tokens", "-n", help="Longest answer, in tokens."),
+    max_new_tokens: int = typer.Option(DEFAULTS.max_new_tokens, "--max-new-tokens", "-n",
+                                       help="Longest answer, in tokens."),
     temperature: float = typer.Option(DEFAULTS.temperature, "--temperature", "-t", help="0 = greedy."),
     top_k: int = typer.Option(DEFAULTS.top_k, "--top-k"),
     top_p: float = typer.Option(DEFAULTS.top_p, "--top-p"),

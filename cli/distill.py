@@ -26,7 +26,8 @@ teacher_app = typer.Typer(help="Teacher-side work for distillation: logit caches
 
 
 def distill(
-    teacher: Path = _O(None, "--teacher", "-T", help="Online logits: teacher checkpoint folder (vnmini or HF Llama/Mistral/Qwen2)."),
+    teacher: Path = _O(None, "--teacher", "-T",
+                       help="Online logits: teacher checkpoint folder (vnmini or HF Llama/Mistral/Qwen2)."),
     teacher_cache: Path = _O(None, "--teacher-cache", help="Offline: a cache folder from `vnmini teacher cache`."),
     teacher_text: Path = _O(None, "--teacher-text", help="Sequence-level: JSONL from `vnmini teacher generate`."),
     teacher_device: str = _O(None, "--teacher-device", help="Device of an online teacher (default: the student's)."),
@@ -39,7 +40,8 @@ def distill(
     out: Path = cfg_opt("out", "-o"),
     preset: str = cfg_opt("preset", "--preset", "-p", flag="--student-preset", note="The student's shape."),
     tokenizer: Path = cfg_opt("tokenizer", "-t"),
-    init_from: Path = _O(None, "--init-from", help="Start the student from this checkpoint (required for chat teacher text)."),
+    init_from: Path = _O(None, "--init-from",
+                         help="Start the student from this checkpoint (required for chat teacher text)."),
     seq_len: int = cfg_opt("seq_len", note="With --teacher-cache: the cache's own."),
     micro_batch: int = cfg_opt("micro_batch"),
     global_batch_tokens: int = cfg_opt("global_batch_tokens"),
@@ -69,7 +71,8 @@ def distill(
     """
     from vnmini.training.distill import distill as run
 
-    kd_args = ("teacher", "teacher_cache", "teacher_text", "teacher_device", "alpha", "kd", "temperature", "skew_lambda")
+    kd_args = ("teacher", "teacher_cache", "teacher_text", "teacher_device", "alpha", "kd", "temperature",
+               "skew_lambda")
     values = {k: v for k, v in locals().items() if k not in ("config", "run", "kd_args")}
     kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in kd_args}
     ov = _overrides({k: v for k, v in values.items() if k not in kd_args})
@@ -92,7 +95,8 @@ def cache(
     batch_size: int = _O(8, "--batch-size", help="Windows per teacher forward."),
     windows_per_part: int = _O(1024, "--windows-per-part", help="Windows per safetensors part (the unit of resume)."),
     split: str = _O("train", "--split", help="Shard split to cache."),
-    max_windows: int = _O(None, "--max-windows", help="Cache only the first N windows (the student then draws from those)."),
+    max_windows: int = _O(None, "--max-windows",
+                          help="Cache only the first N windows (the student then draws from those)."),
     device: str = _O("auto", "--device", "--teacher-device", help="auto, cpu, cuda or cuda:N (bf16 on CUDA)."),
     progress: bool = _O(True, "--progress/--no-progress", help="Show a progress bar."),
     force: bool = _O(False, "--force", "-f", help="Replace a cache made with other settings (same settings resume)."),
@@ -109,8 +113,9 @@ def cache(
                             windows_per_part=windows_per_part, split=split, device=device, max_windows=max_windows,
                             progress=progress, force=force)
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"wrote {out}: {m['windows']:,} windows × {m['seq_len']} = {m['positions']:,} positions, k {m['k']}, "
-                   f"{m['bytes'] / 2**20:.1f} MiB ({m['bytes_per_token']:.1f} bytes/token) in {m['elapsed_s']:.0f} s")
+        typer.echo(f"wrote {out}: {m['windows']:,} windows × {m['seq_len']} = {m['positions']:,} positions, "
+                   f"k {m['k']}, {m['bytes'] / 2**20:.1f} MiB ({m['bytes_per_token']:.1f} bytes/token) "
+                   f"in {m['elapsed_s']:.0f} s")
 
 
 @teacher_app.command("generate")
@@ -125,12 +130,14 @@ def generate(
     temperature: float = _O(DEFAULTS.temperature, "--temperature", help="Sampling temperature (0 = greedy)."),
     top_k: int = _O(DEFAULTS.top_k, "--top-k", help="Top-k sampling."),
     top_p: float = _O(DEFAULTS.top_p, "--top-p", help="Nucleus sampling."),
-    repetition_penalty: float = _O(DEFAULTS.repetition_penalty, "--repetition-penalty", help="Penalty on repeated tokens."),
+    repetition_penalty: float = _O(DEFAULTS.repetition_penalty, "--repetition-penalty",
+                                   help="Penalty on repeated tokens."),
     seed: int = _O(0, "--seed", help="Output i is drawn with seed + i."),
     backend: str = _O(None, "--backend", help="torch, gguf, onnx or llama.cpp (default: from the path)."),
     device: str = _O("cpu", "--device", help="Device for a torch teacher."),
     threads: int = _O(None, "--threads", help="CPU threads."),
     progress: bool = _O(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = _O(False, "--force", "-f", help="Replace an existing output file."),
 ) -> None:
     """Write the teacher's continuations or chat answers (JSONL) for sequence-level distillation.
 
@@ -141,7 +148,7 @@ def generate(
     s = teacher_generate(teacher, prompts, out, mode=mode, system=system, samples=samples,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty, seed=seed, backend=backend, device=device,
-                         threads=threads, progress=progress)
+                         threads=threads, progress=progress, force=force)
     typer.echo(f"wrote {s['out']}: {s['records']} records ({s['backend']}, {s['elapsed_s']:.0f} s"
                + (f", resumed at {s['resumed_at']}" if s["resumed_at"] else "") + ")")
 

@@ -18,8 +18,10 @@ from vnmini.errors import VnminiError
 def eval_cmd(
     models: list[Path] = typer.Argument(..., help="One or more checkpoint folders, .gguf files or ONNX folders."),
     text: Path | None = typer.Option(None, "--text", help="Held-out text (.txt/.jsonl/.parquet file or folder)."),
-    mc: Path | None = typer.Option(None, "--mc", help="Multiple-choice JSONL (VMLU format); 'sample' = the shipped sample."),
-    stride: int | None = typer.Option(None, "--stride", help="Sliding-window stride in tokens (default: half the context)."),
+    mc: Path | None = typer.Option(None, "--mc",
+                                   help="Multiple-choice JSONL (VMLU format); 'sample' = the shipped sample."),
+    stride: int | None = typer.Option(None, "--stride",
+                                      help="Sliding-window stride in tokens (default: half the context)."),
     context: int | None = typer.Option(None, "--context", help="Window length (default: the model's context)."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Score only the first N tokens of --text."),
     limit: int | None = typer.Option(None, "--limit", help="Score only the first N questions of --mc."),

@@ -55,7 +55,8 @@ def export_gguf(
         v = res.verify
         q, lg = v["quality"], v["logits"]
         typer.echo(
-            f"verify: {'PASSED' if v['passed'] else 'FAILED'} — tokenization {'ok' if v['tokenization']['equal'] else 'DIFFERS'}, "
+            f"verify: {'PASSED' if v['passed'] else 'FAILED'} — "
+            f"tokenization {'ok' if v['tokenization']['equal'] else 'DIFFERS'}, "
             f"chat {'ok' if v['chat']['equal'] else 'DIFFERS'}, logits max rel err {lg['max_rel_err']:.1e}, "
             f"top-1 {lg['top1_agreement']:.3f}, bpb {q['bpb_torch']:.4f} → {q['bpb_gguf']:.4f} "
             f"({100 * q['dbpb_rel']:+.2f} %)"
@@ -74,7 +75,8 @@ def export_onnx(
     verify_text: Path | None = typer.Option(None, "--verify-text", "--text",
                                             help="Held-out UTF-8 text for the bits-per-byte check "
                                                  "(default: vnmini's bundled Vietnamese sample)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing ONNX export folder (never anything else)."),
+    force: bool = typer.Option(False, "--force", "-f",
+                               help="Replace an existing ONNX export folder (never anything else)."),
     engine: str = typer.Option("torch", "--engine", help="torch (ours), or genai (onnxruntime-genai's builder)."),
     external_data: bool | None = typer.Option(None, "--external-data/--no-external-data",
                                               help="Weights in model.onnx.data (default: only over 2 GB)."),

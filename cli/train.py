@@ -145,8 +145,8 @@ def sft_from_statutes(
     """
     from vnmini.data.sft_statutes import build_statute_sft
 
-    s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars, max_conversations=max_conversations,
-                           force=force)
+    s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars,
+                          max_conversations=max_conversations, force=force)
     for code, n in s["codes"].items():
         typer.echo(f"{n:>6,} conversations  {code}")
     typer.echo(f"wrote {s['out']} ({s['conversations']:,} conversations)")

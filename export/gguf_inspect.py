@@ -4,7 +4,9 @@
     # {'kind': 'gguf', 'quant': 'q4_k_m', 'parameters': 5512448, 'tensor_types': 'q4_k × 9, q6_k × 5, f32 × 11', ...}
 
 Reads the header and tensor table with ``gguf.GGUFReader`` (a memory map;
-tensor data is never touched).
+tensor data is never touched). A file cut short fails with one line naming it:
+either the reader cannot map the tensor table, or a tensor's data would end
+past the end of the file.
 """
 
 from __future__ import annotations
@@ -39,8 +41,16 @@ def describe_gguf(path: str | Path) -> dict[str, Any]:
         raise VnminiError(f"{path}: no such .gguf file.")
     try:
         r = gguf.GGUFReader(str(path))
-    except Exception as e:  # bad magic (ValueError), truncated (struct/IndexError/OSError)
-        raise VnminiError(f"{path}: not a readable GGUF ({type(e).__name__}: {str(e)[:80]}); re-export it.") from e
+    except Exception as e:  # bad magic (ValueError), truncated (struct/IndexError/OSError, numpy reshape)
+        raise VnminiError(f"{path}: not a readable GGUF, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
+                          "re-export it.") from e  # fmt: skip
+    size = path.stat().st_size
+    # A slice past the end of numpy's memory map is silently short; don't rely on the reader's reshape noticing.
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in r.tensors), default=0)
+    if end > size:
+        last = max(r.tensors, key=lambda t: int(t.data_offset) + int(t.n_bytes))
+        raise VnminiError(f"{path}: truncated GGUF (tensor {last.name} ends at byte {end}, the file has {size}); "
+                          "re-export or re-download it.")  # fmt: skip
     arch = field_value(r, "general.architecture", "?")
 
     def hp(key: str) -> Any:
@@ -75,7 +85,7 @@ def describe_gguf(path: str | Path) -> dict[str, Any]:
         "chat_template": "yes" if field_value(r, "tokenizer.chat_template") else "no",
         "tensors": len(r.tensors),
         "tensor_types": ", ".join(f"{k} × {v}" for k, v in types.most_common()),
-        "file_bytes": path.stat().st_size,
+        "file_bytes": size,
         "license": field_value(r, "general.license"),
         "vnmini_version": field_value(r, "vnmini.version"),
     }

@@ -17,9 +17,13 @@ Four checks, each against what torch and our tokenizer do on the same input:
 4. **Chat** — llama-cpp-python's chat completion, using the template embedded
    in the file, builds the same prompt ids as our chat template.
 
-``passed`` is true when 1, 4 and (for f32) 2 hold. Text longer than the
-context is scored in windows that overlap by one token, so every token after
-the first is predicted exactly once.
+``passed`` is true when 1, 4, (for f32) 2 and ``finite`` hold: every torch and
+llama.cpp logit is finite and no compared number (errors, agreement, KL, bits
+per byte) is NaN — a NaN compares false with every threshold, so without this
+check NaN weights would read as "no error". ``checks`` lists each gate and
+``summary`` is the one-line verdict, naming the non-finite side. Text longer
+than the context is scored in windows that overlap by one token, so every
+token after the first is predicted exactly once.
 """
 
 from __future__ import annotations
@@ -167,12 +171,15 @@ def verify_gguf(
         weights = np.array([len(r) for r in ref_parts], dtype=np.float64)
         logits = {
             "positions": int(weights.sum()),
-            "max_rel_err": max(c["max_rel_err"] for c in cmp),
+            "max_rel_err": float(np.max([c["max_rel_err"] for c in cmp])),  # np.max keeps a NaN; max() may not
             "top1_agreement": float(np.average([c["top1_agreement"] for c in cmp], weights=weights)),
             "kl_mean": float(np.average([c["kl_mean"] for c in cmp], weights=weights)),
         }
         logits["threshold"] = F32_MAX_REL_ERR if quant == "f32" else None
-        logits["ok"] = logits["max_rel_err"] <= F32_MAX_REL_ERR if quant == "f32" else None
+        logits["ok"] = bool(logits["max_rel_err"] <= F32_MAX_REL_ERR) if quant == "f32" else None
+        nonfinite = {"torch": int(sum((~np.isfinite(r)).sum() for r in ref_parts)),
+                     "gguf": int(sum((~np.isfinite(g)).sum() for g in got_parts)),
+                     "values": int(sum(r.size for r in ref_parts))}
 
         tb = tok.token_bytes
         if len(tb) < cfg.vocab_size:
@@ -183,20 +190,48 @@ def verify_gguf(
             meter_g.add(g[:-1], np.asarray(seg[1:]))
         bpb_t, bpb_g, nbytes = meter_t.bpb, meter_g.bpb, meter_t.bytes
         target = DBPB_TARGETS.get(quant)
-        rel = (bpb_g - bpb_t) / bpb_t
+        rel = (bpb_g - bpb_t) / bpb_t if bpb_t else float("nan")
         quality = {"bytes": nbytes, "tokens": len(ids) - 1, "bpb_torch": bpb_t, "bpb_gguf": bpb_g,
                    "dbpb_rel": rel, "target": target, "target_met": None if target is None else rel <= target}
 
         chat = check_chat(llm, tok)
     finally:
         llm.close()
-    passed = tokenization["equal"] and chat["equal"] and logits["ok"] is not False
-    return {"file": str(path), "quant": quant, "passed": bool(passed), "tokenization": tokenization,
+    numbers = {"max_rel_err": logits["max_rel_err"], "top1_agreement": logits["top1_agreement"],
+               "kl_mean": logits["kl_mean"], "bpb_torch": bpb_t, "bpb_gguf": bpb_g, "dbpb_rel": rel}
+    nan_numbers = [k for k, v in numbers.items() if not np.isfinite(v)]
+    checks = {"tokenization": bool(tokenization["equal"]), "chat": bool(chat["equal"]),
+              "finite": not nonfinite["torch"] and not nonfinite["gguf"] and not nan_numbers}
+    if quant == "f32":
+        checks[f"logits_max_rel_err<={F32_MAX_REL_ERR:g}"] = bool(logits["ok"])
+    passed = all(checks.values())
+    summary = _summary(quant, passed, checks, logits, quality, nonfinite, nan_numbers)
+    return {"file": str(path), "quant": quant, "passed": passed, "checks": checks, "summary": summary,
+            "nonfinite": {**nonfinite, "numbers": nan_numbers}, "tokenization": tokenization,
             "logits": logits, "quality": quality, "chat": chat}
 
 
+def _summary(quant: str, passed: bool, checks: dict[str, bool], logits: dict[str, Any], quality: dict[str, Any],
+             nonfinite: dict[str, int], nan_numbers: list[str]) -> str:
+    """The one-line verdict; a non-finite result says which side produced it."""
+    line = (f"{quant}: logits max rel err {logits['max_rel_err']:.2e}, top-1 {logits['top1_agreement']:.3f}, "
+            f"bpb {quality['bpb_torch']:.4f} -> {quality['bpb_gguf']:.4f}")
+    if passed:
+        return line
+    why = [k for k, ok in checks.items() if not ok]
+    if not checks["finite"]:
+        sides = [f"{side} logits non-finite ({nonfinite[side]} of {nonfinite['values']} values)"
+                 for side in ("torch", "gguf") if nonfinite[side]]
+        if nonfinite["torch"]:
+            sides.append("the checkpoint itself yields NaN/inf: its weights are corrupt or diverged")
+        elif not sides:
+            sides = [f"NaN in {', '.join(nan_numbers)}"]
+        why[why.index("finite")] = "finite: " + "; ".join(sides)
+    return f"{line}; FAILED: {', '.join(why)}"
+
+
 def report_markdown(r: dict[str, Any]) -> str:
-    t, lg, q, c = r["tokenization"], r["logits"], r["quality"], r["chat"]
+    t, lg, q, c, nf = r["tokenization"], r["logits"], r["quality"], r["chat"], r["nonfinite"]
     ex = r.get("export", {})
     ok = lambda b: "—" if b is None else ("✅" if b else "❌")  # noqa: E731
     thr = f" (≤ {lg['threshold']:.0e})" if lg["threshold"] else ""
@@ -205,6 +240,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"# GGUF verification: `{Path(r['file']).name}` ({r['quant']})",
         "",
         f"**{'PASSED' if r['passed'] else 'FAILED'}** — oracle: llama-cpp-python, reference: torch (f32).",
+        "",
+        f"Summary: {r['summary']}",
         "",
         "| check | result | |",
         "|---|---|---|",
@@ -215,6 +252,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"| bits per byte torch → gguf | {q['bpb_torch']:.4f} → {q['bpb_gguf']:.4f} "
         f"(Δ {100 * q['dbpb_rel']:+.3f} %{tgt}) on {q['bytes']} bytes | {ok(q['target_met'])} |",
         f"| chat prompt ids ({c['chat_format']}) | {c['prompt_tokens']} ids | {ok(c['equal'])} |",
+        f"| finite | non-finite logits: torch {nf['torch']}, gguf {nf['gguf']} of {nf['values']}; "
+        f"NaN numbers: {', '.join(nf['numbers']) or 'none'} | {ok(r['checks']['finite'])} |",
     ]
     if ex:
         lines += ["", f"File: {ex['size_bytes']:,} bytes; tensor types: "

@@ -138,7 +138,8 @@ def gguf_tensors(model) -> list[tuple[str, torch.Tensor, bool]]:
     return out
 
 
-def tensor_type(name: str, shape: tuple[int, ...], quant: str, is_head: bool) -> tuple[gguf.GGMLQuantizationType, str | None]:
+def tensor_type(name: str, shape: tuple[int, ...], quant: str,
+                is_head: bool) -> tuple[gguf.GGMLQuantizationType, str | None]:
     """The GGML type a tensor gets under a direct quant, and why it fell back (or None)."""
     if len(shape) == 1:
         return Q.F32, None  # norms and biases: tiny, and precision-critical

@@ -201,7 +201,8 @@ def to_onnx(
     _check_args(dtype, quant, block_size, engine)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.exists():
-        raise VnminiError(f"{checkpoint}: no such checkpoint folder; pass a folder with config.json and model.safetensors.")
+        raise VnminiError(f"{checkpoint}: no such checkpoint folder; "
+                          "pass a folder with config.json and model.safetensors.")
     if not (checkpoint / "config.json").is_file():
         raise VnminiError(f"{checkpoint}: no config.json; pass a vnmini/Hugging Face Llama checkpoint folder.")
     check_output(out_dir, "onnx", force)
@@ -264,7 +265,8 @@ def _to_onnx_genai(checkpoint: Path, out_dir: Path, dtype: str, quant: str, bloc
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as e:
-        raise VnminiError("--engine genai needs ONNX Runtime GenAI; `pip install onnxruntime-genai` or use --engine torch.") from e
+        raise VnminiError("--engine genai needs ONNX Runtime GenAI; "
+                          "`pip install onnxruntime-genai` or use --engine torch.") from e
     precision = {"none": dtype, "int8": "int8", "int4": "int4"}[quant]
     with atomic_dir(out_dir) as tmp:
         cache = tmp / ".cache"

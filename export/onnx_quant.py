@@ -88,7 +88,8 @@ def quantize_int4(src: str | Path, dst: str | Path, block_size: int = 32, symmet
         q.process()
     out = q.model.model
     if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
-        raise VnminiError(f"{src}: no MatMul could be quantized to int4 (block size {block_size}); try a smaller --block-size.")
+        raise VnminiError(f"{src}: no MatMul could be quantized to int4 (block size {block_size}); "
+                          "try a smaller --block-size.")
     return save_proto(out, dst, external_data)
 
 

@@ -12,6 +12,10 @@ cache (so the ONNX cached path is checked against an uncached computation).
 - quality (reported for all, gated loosely for fp16/int8/int4): on held-out
   text, top-1 agreement, mean KL(torch || onnx) in nats, and bits per byte of
   both (Δbpb = onnx - torch).
+- finite (every variant, gated): every torch and ONNX logit is finite and no
+  compared number is NaN (a NaN compares false with every threshold, so NaN
+  weights would otherwise pass as "no error"); the summary names the
+  non-finite side.
 
     report = verify_onnx("out/onnx-int8", "runs/tiny/final")
     write_report("out/onnx-int8", report)
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from vnmini.atomic import write_json, write_text
+from vnmini.errors import VnminiError
 from vnmini.export.result import read_verify_text
 from vnmini.metrics import BpbMeter, kl_divergence, max_relative_error, top1_agreement
 
@@ -95,12 +100,16 @@ def verify_onnx(
 
     # ---- greedy generation, token for token
     prompt = ids[:prompt_len]
-    tgen = TorchGenerator(model, tok)
-    t_ids = [ev.id for ev in tgen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
-    o_ids = [ev.id for ev in gen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
-    first_diff = next((i for i, (a, b) in enumerate(zip(t_ids, o_ids, strict=False)) if a != b),
-                      None if len(t_ids) == len(o_ids) else min(len(t_ids), len(o_ids)))
-    greedy = {"tokens": len(t_ids), "equal": t_ids == o_ids, "first_difference": first_diff}
+    tgen = TorchGenerator(model, tok, source=getattr(ckpt, "path", None))
+    try:
+        t_ids = [ev.id for ev in tgen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
+        o_ids = [ev.id for ev in gen.generate(prompt, max_new_tokens=decode_steps, temperature=0) if ev.id >= 0]
+    except VnminiError as e:  # NaN/inf logits: the report fails (check "finite") instead of the run crashing
+        greedy = {"tokens": 0, "equal": False, "first_difference": 0, "error": str(e)}
+    else:
+        first_diff = next((i for i, (a, b) in enumerate(zip(t_ids, o_ids, strict=False)) if a != b),
+                          None if len(t_ids) == len(o_ids) else min(len(t_ids), len(o_ids)))
+        greedy = {"tokens": len(t_ids), "equal": t_ids == o_ids, "first_difference": first_diff}
 
     # ---- quality on held-out text (windows of at most the context length; no filler ids)
     if tok is not None:
@@ -131,22 +140,39 @@ def verify_onnx(
         quality.update({"bytes": meter_t.bytes, "bpb_torch": meter_t.bpb, "bpb_onnx": meter_o.bpb})
         quality["delta_bpb"] = quality["bpb_onnx"] - quality["bpb_torch"]
 
-    checks: dict[str, bool] = {"finite": parity["finite"] and bool(np.isfinite(o_logits).all())}
+    nonfinite = {"torch": int((~np.isfinite(ref)).sum() + (~np.isfinite(t_logits)).sum()),
+                 "onnx": int((~np.isfinite(pre)).sum() + (~np.isfinite(dec)).sum() + (~np.isfinite(o_logits)).sum())}
+    numbers = {"prefill_max_rel_err": parity["prefill_max_rel_err"], "decode_max_rel_err": parity["decode_max_rel_err"],
+               "max_abs_err": parity["max_abs_err"], "top1_agreement": quality["top1_agreement"],
+               "kl_torch_onnx": quality["kl_torch_onnx"],
+               **{k: quality[k] for k in ("bpb_torch", "bpb_onnx", "delta_bpb") if k in quality}}
+    nonfinite["numbers"] = [k for k, v in numbers.items() if not math.isfinite(v)]
+    checks: dict[str, bool] = {"finite": not nonfinite["torch"] and not nonfinite["onnx"] and not nonfinite["numbers"]}
     if variant == "fp32":
         checks["prefill_max_rel_err<=1e-4"] = parity["prefill_max_rel_err"] <= FP32_MAX_REL_ERR
         checks["decode_max_rel_err<=1e-4"] = parity["decode_max_rel_err"] <= FP32_MAX_REL_ERR
         checks["greedy_equal"] = greedy["equal"]
     else:
-        checks[f"kl<={QUANT_MAX_KL}"] = math.isfinite(quality["kl_torch_onnx"]) and quality["kl_torch_onnx"] <= QUANT_MAX_KL
+        kl = quality["kl_torch_onnx"]
+        checks[f"kl<={QUANT_MAX_KL}"] = math.isfinite(kl) and kl <= QUANT_MAX_KL
+    checks = {k: bool(v) for k, v in checks.items()}
     passed = all(checks.values())
     failed = [k for k, v in checks.items() if not v]
+    if not checks["finite"]:
+        sides = [f"{side} logits non-finite ({nonfinite[side]} values)" for side in ("torch", "onnx")
+                 if nonfinite[side]]
+        if nonfinite["torch"]:
+            sides.append("the checkpoint itself yields NaN/inf: its weights are corrupt or diverged")
+        elif not sides:
+            sides = [f"NaN in {', '.join(nonfinite['numbers'])}"]
+        failed[failed.index("finite")] = "finite: " + "; ".join(sides)
     summary = (f"{variant}: prefill rel err {parity['prefill_max_rel_err']:.2e}, decode rel err "
                f"{parity['decode_max_rel_err']:.2e}, greedy {'equal' if greedy['equal'] else 'differs'}, "
                f"top-1 {quality['top1_agreement']:.3f}, KL {quality['kl_torch_onnx']:.2e}"
                + (f", Δbpb {quality['delta_bpb']:+.4f}" if "delta_bpb" in quality else "")
                + ("" if passed else f"; FAILED: {', '.join(failed)}"))
     return {"variant": variant, "passed": passed, "checks": checks, "summary": summary, "parity": parity,
-            "greedy": greedy, "quality": quality, "providers": gen.providers}
+            "greedy": greedy, "quality": quality, "nonfinite": nonfinite, "providers": gen.providers}
 
 
 def write_report(folder: str | Path, report: dict[str, Any]) -> None:
@@ -158,6 +184,8 @@ def write_report(folder: str | Path, report: dict[str, Any]) -> None:
         f"# ONNX verification: {report['variant']} — {'PASSED' if report['passed'] else 'FAILED'}",
         "",
         "Oracle: the torch model in fp32, full forward without cache, same token ids.",
+        "",
+        f"Summary: {report['summary']}",
         "",
         "| check | value |",
         "|---|---|",

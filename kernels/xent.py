@@ -1,4 +1,5 @@
-"""Fused cross-entropy (module `xent`, named so it does not shadow the `cross_entropy` function): loss and d(logits) with an online log-sum-exp, no (N, V) temporaries.
+"""Fused cross-entropy (module `xent`, named so it does not shadow the `cross_entropy` function): loss and
+d(logits) with an online log-sum-exp, no (N, V) temporaries.
 
 Use::
 

@@ -157,7 +157,8 @@ class ModelConfig:
         scaling = d.get("rope_scaling") or {}
         rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
         if rope_type != "default":
-            raise VnminiError(f"{source}: rope type {rope_type!r} is not supported (only the default rotary embedding).")
+            raise VnminiError(f"{source}: rope type {rope_type!r} is not supported "
+                              "(only the default rotary embedding).")
         rope_theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         sliding = d.get("sliding_window") if model_type != "qwen2" or d.get("use_sliding_window") else None
         try:

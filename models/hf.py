@@ -4,7 +4,8 @@ Reads ``config.json`` and one or many safetensors shards (``model.safetensors``
 or ``model.safetensors.index.json`` + shards; fp32/fp16/bf16), checks every
 tensor's name and shape, and fills :class:`LlamaForCausalLM`. Writing is the
 reverse (``export_state_dict``); the atomic folder write lives in
-``vnmini.checkpoint``.
+``vnmini.checkpoint``. ``check_safetensors`` validates a file's header
+against its size without reading tensor data (for ``vnmini info``).
 
     model = load_hf_model("path/to/Qwen2-0.5B", dtype=torch.bfloat16)
 """
@@ -12,6 +13,7 @@ reverse (``export_state_dict``); the atomic folder write lives in
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +23,10 @@ from vnmini.models.config import ModelConfig
 from vnmini.models.llama import LlamaForCausalLM
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Bytes per element of each safetensors dtype (the format's own names).
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_ST_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -51,9 +57,62 @@ def weight_files(folder: str | Path) -> list[Path]:
     for f in files:
         if not f.is_file():
             if (folder / "pytorch_model.bin").is_file():
-                raise VnminiError(f"{folder}: only pytorch_model.bin (pickle) here; vnmini loads safetensors only — convert it with transformers' save_pretrained(safe_serialization=True).")
+                raise VnminiError(f"{folder}: only pytorch_model.bin (pickle) here; vnmini loads safetensors only — "
+                                  "convert it with transformers' save_pretrained(safe_serialization=True).")
             raise VnminiError(f"{f}: missing weight file; the checkpoint is incomplete.")
     return files
+
+
+def check_safetensors(path: str | Path) -> dict[str, int]:
+    """Check a safetensors file is whole, reading only its header; returns ``{"tensors", "bytes"}``.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON (``name -> {dtype,
+    shape, data_offsets: [begin, end]}`` relative to the data after the header), the data.
+    Every tensor's range must lie in the file and match its shape, and the file must end
+    exactly where the last tensor does; a copy cut short fails here, naming the file.
+    """
+    path = Path(path)
+
+    def bad(why: str) -> VnminiError:
+        return VnminiError(f"{path}: corrupt or truncated safetensors file ({why}); re-save or re-download it.")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad(f"{size} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, _ST_MAX_HEADER):
+                raise bad(f"header of {n} bytes does not fit in {size} bytes")
+            header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"header is not JSON: {e}") from e
+    except OSError as e:
+        raise VnminiError(f"{path}: cannot read it ({e.strerror}); check the file and its permissions.") from e
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    data = size - 8 - n
+    end = 0
+    tensors = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in t["data_offsets"])
+            count = math.prod(int(d) for d in t["shape"])
+            itemsize = _ST_ITEMSIZE.get(t["dtype"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"tensor {name!r} has no valid dtype/shape/data_offsets") from e
+        if not 0 <= begin <= stop or stop > data:
+            raise bad(f"tensor {name!r} ends at data byte {stop}, but the file holds {data}")
+        if itemsize is not None and stop - begin != count * itemsize:
+            raise bad(f"tensor {name!r} has {stop - begin} bytes for shape {t['shape']} {t['dtype']}")
+        end = max(end, stop)
+        tensors += 1
+    if data != end:
+        raise bad(f"file is {size} bytes, the header says {8 + n + end}")
+    return {"tensors": tensors, "bytes": size}
 
 
 def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -67,7 +126,8 @@ def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None) -> dic
                     t = sf.get_tensor(key)
                     out[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
         except (SafetensorError, OSError, RuntimeError) as e:
-            raise VnminiError(f"{f}: corrupt or truncated safetensors file ({str(e)[:80]}); re-save or re-download it.") from e
+            raise VnminiError(f"{f}: corrupt or truncated safetensors file ({str(e)[:80]}); "
+                              "re-save or re-download it.") from e
     return out
 
 
@@ -98,7 +158,8 @@ def load_hf_model(
         )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise VnminiError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}.")
+            raise VnminiError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, "
+                              f"config.json implies {tuple(expected[k].shape)}.")
     model.load_state_dict(sd, assign=True, strict=not cfg.tie_word_embeddings)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

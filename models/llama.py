@@ -140,8 +140,10 @@ class Attention(nn.Module):
         if self.n_kv != self.n_heads:
             # Explicit repeat (not SDPA's enable_gqa) so the ONNX exporter sees plain ops.
             rep = self.n_heads // self.n_kv
-            k = k[:, :, None].expand(b, self.n_kv, rep, k.shape[2], self.head_dim).reshape(b, self.n_heads, -1, self.head_dim)
-            v = v[:, :, None].expand(b, self.n_kv, rep, v.shape[2], self.head_dim).reshape(b, self.n_heads, -1, self.head_dim)
+            k = (k[:, :, None].expand(b, self.n_kv, rep, k.shape[2], self.head_dim)
+                 .reshape(b, self.n_heads, -1, self.head_dim))
+            v = (v[:, :, None].expand(b, self.n_kv, rep, v.shape[2], self.head_dim)
+                 .reshape(b, self.n_heads, -1, self.head_dim))
         if isinstance(mask, str):  # "causal": plain prefill, let SDPA pick its fused path
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -85,7 +85,8 @@ LAW_LINES = [f"Điều {i}. Người lao động thứ {i} được hòa giải 
 
 @pytest.fixture(scope="session")
 def law_corpus():
-    """Builder: ``law_corpus(d)`` writes a 300-token tokenizer to d/tok and its shards to d/shards; returns the tokenizer."""
+    """Builder: ``law_corpus(d)`` writes a 300-token tokenizer to d/tok and its shards
+    to d/shards; returns the tokenizer."""
 
     def build(d):
         import json

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"vnmini": "vnmini", "kernels": "vnmini.kernels", "models": "vnmini.models",
             "export": "vnmini.export", "cli": "vnmini.cli"}
 # runtime.sampling is pure data + numpy: the checkpoint writer records its defaults in generation_config.json
-CORE = ("vnmini.runtime.sampling", "vnmini.atomic", "vnmini.paths", "vnmini.outputs", "vnmini.jsonl", "vnmini.checkpoint",
-        "vnmini.progress", "vnmini.metrics", "vnmini.assets", "vnmini.text", "vnmini.data")
+CORE = ("vnmini.runtime.sampling", "vnmini.atomic", "vnmini.paths", "vnmini.outputs", "vnmini.jsonl",
+        "vnmini.checkpoint", "vnmini.progress", "vnmini.metrics", "vnmini.assets", "vnmini.text", "vnmini.data")
 LAYERS = [  # (rank, module prefixes); the longest matching prefix decides
     (-1, ("vnmini._version", "vnmini.errors")),  # the one error type and the version: usable everywhere
     (0, ("vnmini.kernels",)),

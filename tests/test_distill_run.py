@@ -36,9 +36,9 @@ def setup(tmp_path_factory, law_corpus):
 
 
 def _kw(d, out, **extra):
-    return dict(data=str(d / "shards"), tokenizer=str(d / "tok"), preset="micro", out=str(out), seq_len=T, micro_batch=2,
-                global_batch_tokens=4 * T, max_steps=4, warmup_steps=1, eval_every=2, eval_tokens=64, save_every=2,
-                sample_tokens=0, progress=False, device="cpu", **extra)
+    return dict(data=str(d / "shards"), tokenizer=str(d / "tok"), preset="micro", out=str(out), seq_len=T,
+                micro_batch=2, global_batch_tokens=4 * T, max_steps=4, warmup_steps=1, eval_every=2, eval_tokens=64,
+                save_every=2, sample_tokens=0, progress=False, device="cpu", **extra)
 
 
 @pytest.mark.parametrize("mode", ["online", "cache"])
@@ -79,18 +79,20 @@ def test_cache_refusals(setup, tmp_path):
 
 def test_cli_cache_then_distill(setup, tmp_path, cli):
     d = setup
-    code, out, err = cli("teacher", "cache", "--teacher", d / "teacher", "--data", d / "shards", "--out", tmp_path / "c",
-                         "-k", "4", "--seq-len", T, "--max-windows", 8, "--device", "cpu", "--no-progress")
+    code, out, err = cli("teacher", "cache", "--teacher", d / "teacher", "--data", d / "shards",
+                         "--out", tmp_path / "c", "-k", "4", "--seq-len", T, "--max-windows", 8, "--device", "cpu",
+                         "--no-progress")
     assert code == 0, err
     assert "8 windows" in out and "bytes/token" in out
-    code, out, err = cli("distill", "--teacher-cache", tmp_path / "c", "--student-preset", "micro", "--data", d / "shards",
-                         "--tokenizer", d / "tok", "--out", tmp_path / "r", "--seq-len", T, "--micro-batch", 2,
+    code, out, err = cli("distill", "--teacher-cache", tmp_path / "c", "--student-preset", "micro",
+                         "--data", d / "shards", "--tokenizer", d / "tok", "--out", tmp_path / "r", "--seq-len", T,
+                         "--micro-batch", 2,
                          "--global-batch-tokens", 2 * T, "--max-steps", 2, "--eval-tokens", 64, "--sample-tokens", 0,
                          "--device", "cpu", "--alpha", "1", "--no-progress")
     assert code == 0, err
     assert "distilled (cache)" in out and "k 4" in out
-    code, _, err = cli("distill", "--teacher-cache", tmp_path / "nope", "--data", d / "shards", "--tokenizer", d / "tok",
-                       "--out", tmp_path / "x")
+    code, _, err = cli("distill", "--teacher-cache", tmp_path / "nope", "--data", d / "shards",
+                       "--tokenizer", d / "tok", "--out", tmp_path / "x")
     assert code == 2 and "vnmini teacher cache" in err
 
 
@@ -118,7 +120,8 @@ def test_teacher_generate_resumes_and_feeds_sequence_level(setup, tmp_path, cli)
         teacher_generate(d / "teacher", prompts, out, progress=False)
     # Chat prompts -> SFT-format answers.
     chat = tmp_path / "c.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Điều 2 nói gì?"}]}, ensure_ascii=False) + "\n")
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Điều 2 nói gì?"}]},
+                               ensure_ascii=False) + "\n")
     teacher_generate(d / "teacher", chat, tmp_path / "a.jsonl", max_new_tokens=6, progress=False)
     msg = json.loads((tmp_path / "a.jsonl").read_text(encoding="utf-8"))["messages"]
     assert [m["role"] for m in msg] == ["user", "assistant"]

@@ -132,7 +132,8 @@ def test_eval_mc_model_taught_the_answers_scores_full(tiny_checkpoint, tmp_path)
     f.write_text("\n".join(json.dumps(it, ensure_ascii=False) for it in items), encoding="utf-8")
     ckpt = load_checkpoint(tiny_checkpoint)
     model, tok = ckpt.model.train(), ckpt.tokenizer
-    seqs = [tok.encode(MC_PROMPT.format(question=it["question"]) + " " + strip_letter(it["choices"][ord(it["answer"]) - 65]),
+    seqs = [tok.encode(MC_PROMPT.format(question=it["question"]) + " "
+                       + strip_letter(it["choices"][ord(it["answer"]) - 65]),
                        add_bos=True) for it in items]
     width = max(map(len, seqs))
     x = torch.full((len(seqs), width), tok.pad_id)

@@ -50,7 +50,8 @@ def test_backend_matches_torch(exported):
 
     # Greedy text and chat (the second turn reuses the first turn's cached prefix).
     prompt = "Xin chào các bạn"
-    assert gen.complete(prompt, max_new_tokens=24, temperature=0) == tg.complete(prompt, max_new_tokens=24, temperature=0)
+    assert (gen.complete(prompt, max_new_tokens=24, temperature=0)
+            == tg.complete(prompt, max_new_tokens=24, temperature=0))
     assert gen.last_stats["ids"] == tg.last_stats["ids"] and gen.last_stats["backend"] == "gguf"
     msgs = [{"role": "user", "content": "Chào bạn, hoà bình nhé"}]
     a1 = gen.chat(msgs, max_new_tokens=12, temperature=0)
@@ -109,7 +110,8 @@ def test_cli_export_with_verify_report(exported, cli, tmp_path):
     assert code == 0, err
     assert out.is_file() and "verify: PASSED" in stdout
     rep = json.loads(out.with_suffix(".verify.json").read_text(encoding="utf-8"))
-    assert rep["passed"] and rep["quant"] == "q8_0" and rep["export"]["tensor_types"]["q8_0"] == 15  # embedding + 2 × 7 matrices
+    # embedding + 2 × 7 matrices
+    assert rep["passed"] and rep["quant"] == "q8_0" and rep["export"]["tensor_types"]["q8_0"] == 15
     assert "| tokenization |" in out.with_suffix(".verify.md").read_text(encoding="utf-8")
     # Exists → refused without --force, untouched; --force --no-verify overwrites, and the old file's
     # report goes with it (a report never describes another file).

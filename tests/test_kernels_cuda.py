@@ -111,7 +111,8 @@ def _sim_checks() -> None:
     cos = np.concatenate([np.cos(f), np.cos(f)], -1).astype(np.float32)[None]
     sin = np.concatenate([np.sin(f), np.sin(f)], -1).astype(np.float32)[None]
     qd = torch.tensor(q, dtype=torch.float64, requires_grad=True)
-    oref = nr_mod.apply_rope_torch(qd, torch.tensor(cos[0], dtype=torch.float64), torch.tensor(sin[0], dtype=torch.float64))
+    oref = nr_mod.apply_rope_torch(qd, torch.tensor(cos[0], dtype=torch.float64),
+                                   torch.tensor(sin[0], dtype=torch.float64))
     go = rng.standard_normal(q.shape).astype(np.float32)
     (gq_ref,) = torch.autograd.grad(oref, qd, torch.tensor(go, dtype=torch.float64))
     total = b * h * tt * (dh // 2)

@@ -119,7 +119,8 @@ def test_quantized_variants_report_quality(tmp_path, tok_checkpoint, dtype, quan
     if op:
         assert op in ops
     if quant == "int4":
-        blocks = {a.i for n in graph.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+        blocks = {a.i for n in graph.graph.node if n.op_type == "MatMulNBits"
+                  for a in n.attribute if a.name == "block_size"}
         assert blocks == {16}
     if dtype == "fp16":
         assert graph.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16

@@ -111,7 +111,8 @@ ARTICLES = [
     "QUỐC HỘI\nBỘ LUẬT\nLAO ĐỘNG\nQuốc hội ban hành Bộ luật Lao động.\nChương I",
     "Điều 1. Phạm vi điều chỉnh\nBộ luật Lao động quy định tiêu chuẩn lao động; quyền, nghĩa vụ của người lao động.",
     "Điều 2. Đối tượng áp dụng\n1. Người lao động, người học nghề.\n2. Người sử dụng lao động.",
-    "Điều 3. Giải thích từ ngữ\nTrong Bộ luật này, các từ ngữ dưới đây được hiểu như sau: người lao động là người làm việc.",
+    "Điều 3. Giải thích từ ngữ\nTrong Bộ luật này, các từ ngữ dưới đây được hiểu như sau: "
+    "người lao động là người làm việc.",
 ]
 
 
@@ -139,8 +140,9 @@ def test_statute_builder_and_sft_end_to_end(tmp_path, tiny_tokenizer, cli):
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
     torch.manual_seed(0)
     init = save_checkpoint(LlamaForCausalLM(cfg), tmp_path / "base", tokenizer=tiny_tokenizer)
-    args = ["sft", "--data", tmp_path / "sft.jsonl", "--init-from", init, "--out", tmp_path / "chat", "--seq-len", "128",
-            "--micro-batch", "2", "--global-batch-tokens", "256", "--max-steps", "6", "--eval-every", "3",
+    args = ["sft", "--data", tmp_path / "sft.jsonl", "--init-from", init, "--out", tmp_path / "chat",
+            "--seq-len", "128", "--micro-batch", "2", "--global-batch-tokens", "256", "--max-steps", "6",
+            "--eval-every", "3",
             "--save-every", "3", "--val-fraction", "0.2", "--sample-tokens", "3", "--threads", "1", "--no-progress",
             "--lr", "3e-3"]
     code, out, err = cli(*args)

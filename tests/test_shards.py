@@ -36,13 +36,15 @@ def test_shards_decode_to_normalized_corpus(tmp_path, tok, corpus):
     val = ShardReader(tmp_path / "s", "val")
     assert len(train) == m["splits"]["train"]["tokens"]
     # Reading across a file boundary equals the concatenation of the files.
-    whole = np.concatenate([np.fromfile(tmp_path / "s" / f["name"], dtype=np.uint16) for f in m["splits"]["train"]["files"]])
+    whole = np.concatenate([np.fromfile(tmp_path / "s" / f["name"], dtype=np.uint16)
+                            for f in m["splits"]["train"]["files"]])
     assert np.array_equal(train.read(1000, 100), whole[1000:1100].astype(np.int64))
     assert train.read(len(train) - 3, 10).tolist() == whole[-3:].tolist()
     decoded = [tok.decode(d) for d in train.iter_documents()] + [tok.decode(d) for d in val.iter_documents()]
     assert sorted(decoded) == sorted(read_documents(corpus))
     assert train.read(0, 1)[0] == tok.bos_id
-    assert m["splits"]["train"]["bytes"] + m["splits"]["val"]["bytes"] == sum(len(t.encode()) for t in read_documents(corpus))
+    assert (m["splits"]["train"]["bytes"] + m["splits"]["val"]["bytes"]
+            == sum(len(t.encode()) for t in read_documents(corpus)))
 
 
 def test_dtype_and_mismatch(tmp_path, tok, corpus):
@@ -78,12 +80,14 @@ def test_cli_bad_inputs_exit_2(tmp_path, tok, cli, bad):
         p.write_bytes(gzip.compress(("\n".join(LINES)).encode())[:30])
     else:
         p.write_text('{"body": "x"}\n', encoding="utf-8")
-    code, out, err = cli("data", "prepare", p, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "s", "--no-progress")
+    code, out, err = cli("data", "prepare", p, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "s",
+                         "--no-progress")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and bad in err
 
 
 def test_cli_prepare(tmp_path, tok, corpus, cli):
     tok.save(tmp_path / "tok")
-    code, out, err = cli("data", "prepare", corpus, "-t", tmp_path / "tok", "-o", tmp_path / "s", "--val-fraction", "0.1", "--no-progress")
+    code, out, err = cli("data", "prepare", corpus, "-t", tmp_path / "tok", "-o", tmp_path / "s",
+                         "--val-fraction", "0.1", "--no-progress")
     assert code == 0, err
     assert "train" in out and (tmp_path / "s" / "manifest.json").is_file()

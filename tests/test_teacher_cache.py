@@ -127,8 +127,8 @@ def test_vocabulary_mismatch_is_refused(setup, tmp_path, tiny_checkpoint, tiny_t
                  "vnmini teacher generate", str(tiny_checkpoint)):
         assert part in msg
     assert not (tmp_path / "c").exists()
-    code, _, err = cli("teacher", "cache", "--teacher", tiny_checkpoint, "--data", d / "shards", "--out", tmp_path / "c",
-                       "--device", "cpu", "--no-progress")
+    code, _, err = cli("teacher", "cache", "--teacher", tiny_checkpoint, "--data", d / "shards",
+                       "--out", tmp_path / "c", "--device", "cpu", "--no-progress")
     assert code == 2 and err.startswith("error: vocabulary mismatch") and err.count("\n") == 1
     code, _, err = cli("distill", "--teacher", tiny_checkpoint, "--data", d / "shards", "--tokenizer", d / "tok",
                        "--out", tmp_path / "r", "--device", "cpu", "--no-progress")

@@ -30,7 +30,8 @@ syllable = st.builds(
     st.booleans(),
 )
 separator = st.sampled_from([" ", "  ", ", ", ".\n", "\n\n\n", "\u00a0", "\t", "\r\n", "\u200b", " 12 ", "!? "])
-sentence = st.lists(st.tuples(syllable, separator), min_size=1, max_size=12).map(lambda xs: "".join(a + b for a, b in xs))
+sentence = st.lists(st.tuples(syllable, separator), min_size=1, max_size=12).map(
+    lambda xs: "".join(a + b for a, b in xs))
 
 
 def scramble(text: str, form: str) -> str:

@@ -16,9 +16,11 @@ from vnmini.text.tokenizer_train import QWEN2_REGEX, tokenizer_fertility, train_
 SAMPLE_PATH = __import__("vnmini.assets").assets.asset_path("vi_sample.txt")
 TEXT = SAMPLE_PATH.read_text(encoding="utf-8")
 
-syllable = st.builds(lambda o, r, t: place_tone(o + r, t), st.sampled_from(ONSETS), st.sampled_from(RHYMES), st.sampled_from(TONES))
+syllable = st.builds(lambda o, r, t: place_tone(o + r, t), st.sampled_from(ONSETS), st.sampled_from(RHYMES),
+                     st.sampled_from(TONES))
 vi_text = st.lists(
-    st.one_of(syllable, syllable.map(str.capitalize), st.sampled_from([" ", "  ", "\n", "\n\n", ", ", ". ", "123", "🐱", "\t", "'s", "ABC"]))
+    st.one_of(syllable, syllable.map(str.capitalize),
+              st.sampled_from([" ", "  ", "\n", "\n\n", ", ", ". ", "123", "🐱", "\t", "'s", "ABC"]))
 ).map("".join)
 
 
@@ -46,7 +48,8 @@ def test_specials_and_config(tok, tmp_path):
     assert data["normalizer"] is None  # llama.cpp runs none; vnmini normalizes in Python
     if tok.pre_tokenizer_name == "qwen2":
         assert data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_REGEX
-        assert tok.encode("2024") == [tok.token_to_id("2")] + [tok.token_to_id("0"), tok.token_to_id("2"), tok.token_to_id("4")]
+        assert tok.encode("2024") == [tok.token_to_id("2")] + [tok.token_to_id("0"), tok.token_to_id("2"),
+                                                               tok.token_to_id("4")]
 
 
 def test_nfd_input_costs_no_extra_tokens(tok):

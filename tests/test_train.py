@@ -220,7 +220,8 @@ def test_data_order_is_seeded_and_rank_slices_cover_the_global_batch():
 def test_lr_schedules():
     c = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110)
     assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0)
-    assert lr_at(c, 10) == pytest.approx(1.0) and lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
+    assert (lr_at(c, 10) == pytest.approx(1.0) and lr_at(c, 60) == pytest.approx(0.55)
+            and lr_at(c, 110) == pytest.approx(0.1))
     w = c.replace(schedule="wsd", decay_fraction=0.5)
     assert lr_at(w, 54) == 1.0 and lr_at(w, 55) == pytest.approx(1.0) and lr_at(w, 110) == pytest.approx(0.1)
     assert lr_at(w, 82) == pytest.approx(1.0 - 0.9 * 27 / 55)

@@ -176,7 +176,8 @@ def test_leftovers_of_a_killed_writer_are_cleaned(tiny_checkpoint, tmp_path, cli
         (stale_dir / "model.onnx").write_bytes(b"half")
         busy = tmp_path / f".m.gguf.{alive.pid}.z.tmp"
         busy.write_bytes(b"another writer, still running")
-        assert cli("export", "gguf", tiny_checkpoint, "-o", tmp_path / "m.gguf", "--quant", "f32", "--no-verify")[0] == 0
+        assert cli("export", "gguf", tiny_checkpoint, "-o", tmp_path / "m.gguf", "--quant", "f32",
+                   "--no-verify")[0] == 0
         assert cli("export", "onnx", tiny_checkpoint, "-o", tmp_path / "onnx", "--no-verify")[0] == 0
         assert not any(s.exists() for s in [*stale, stale_dir]) and busy.exists()
     finally:

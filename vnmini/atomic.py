@@ -110,7 +110,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it over ``path`` on success."""
     path = Path(path)
     if path.is_dir():
-        raise VnminiError(f"{path}: is a folder; vnmini writes a file here only where no folder is. Choose another name.")
+        raise VnminiError(f"{path}: is a folder; vnmini writes a file here only where no folder is. "
+                          "Choose another name.")
     _mkparent(path)
     clean_stale_temps(path)
     with _write_errors(path):

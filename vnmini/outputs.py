@@ -42,7 +42,8 @@ def check_output(path: str | os.PathLike, kind: str | tuple[str, ...], force: bo
             f"vnmini won't replace it (not even with --force). Choose another {flag}."
         )
     if not force:
-        raise VnminiError(f"{flag} {path}: already exists ({what}); pass --force to replace it, or choose another {flag}.")
+        raise VnminiError(f"{flag} {path}: already exists ({what}); pass --force to replace it, "
+                          f"or choose another {flag}.")
     return have
 
 

@@ -32,8 +32,8 @@ _DESCRIBE = {
     "gguf": "a GGUF file", "onnx": "an ONNX export folder", "checkpoint": "a checkpoint folder",
     "run": "a training run folder", "shards": "a token shard folder", "teacher-cache": "a teacher cache folder",
     "tokenizer": "a tokenizer folder", "corpus": "a corpus folder (`vnmini corpus fetch`)",
-    "bench": "a bench results folder", "quickstart": "a quickstart run folder", "empty-folder": "an empty folder", "folder": "a folder", "file": "a file",
-    "missing": "nothing",
+    "bench": "a bench results folder", "quickstart": "a quickstart run folder", "empty-folder": "an empty folder",
+    "folder": "a folder", "file": "a file", "missing": "nothing",
 }
 
 

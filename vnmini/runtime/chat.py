@@ -54,7 +54,8 @@ class ChatSession:
         seed: int | None = None,
     ) -> None:
         if generator.tokenizer is None:
-            raise VnminiError("this model has no tokenizer (and so no chat template); chat needs a model saved with one.")
+            raise VnminiError("this model has no tokenizer (and so no chat template); "
+                              "chat needs a model saved with one.")
         # Validate the options once, here, rather than at the first message.
         SamplingOptions(max_new_tokens, temperature, top_k, top_p, repetition_penalty, [], seed).validate()
         if max_new_tokens < 1:

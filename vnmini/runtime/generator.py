@@ -2,9 +2,13 @@
 
 A backend implements three primitives — ``reset()``, ``_feed(ids) -> logits of
 the last position`` (appending to its KV cache) and, optionally,
-``_truncate(n)`` — plus ``logits(ids)``. Everything users call is shared, so
+``_truncate(n)`` — plus ``logits(ids)``, and sets ``source`` (the file or
+folder it runs, named in errors). Everything users call is shared, so
 sampling, stop handling, chat templating and Vietnamese normalization are the
-same whatever runs the model:
+same whatever runs the model. Every ``_feed`` result is checked before it
+reaches the sampler: NaN/inf logits (a corrupt file, diverged weights) are a
+:class:`VnminiError` naming ``source`` (:func:`check_logits`), not numpy's
+"probabilities contain NaN".
 
     gen = vnmini.load("runs/quickstart/chat")          # a TorchGenerator here
     for ev in gen.generate("Điều 1.", max_new_tokens=40, temperature=0):
@@ -36,8 +40,19 @@ class TokenEvent:
     text: str
 
 
+def check_logits(logits: np.ndarray, source: str) -> np.ndarray:
+    """``logits`` unchanged if every value is finite; else a VnminiError naming ``source``."""
+    if not np.isfinite(logits).all():
+        raise VnminiError(
+            f"{source}: the model produced NaN/inf logits; the file is corrupt or the weights diverged — "
+            "re-export it from a good checkpoint, or retrain."
+        )
+    return logits
+
+
 class Generator(ABC):
     backend: str = "?"
+    source: str = "the model"  # backends set the path they run
 
     def __init__(self, tokenizer: VnTokenizer | None, context_length: int, stop_ids: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
@@ -66,7 +81,9 @@ class Generator(ABC):
     # ------------------------------------------------------------- helpers
     def _need_tokenizer(self) -> VnTokenizer:
         if self.tokenizer is None:
-            raise VnminiError("this model has no tokenizer; pass token ids, or use a checkpoint saved with its tokenizer.")
+            raise VnminiError(
+                "this model has no tokenizer; pass token ids, or use a checkpoint saved with its tokenizer."
+            )
         return self.tokenizer
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
@@ -113,7 +130,7 @@ class Generator(ABC):
                 f"the prompt is {len(ids)} tokens but the model's context is {self.context_length}; shorten it."
             )
         t0 = time.perf_counter()
-        logits = self._prefill(ids)
+        logits = check_logits(self._prefill(ids), self.source)
         t1 = time.perf_counter()
         history = list(ids)
         new: list[int] = []
@@ -151,7 +168,7 @@ class Generator(ABC):
                 yield TokenEvent(tok, text_so_far[emitted:safe] if safe > emitted else "")
                 emitted = max(emitted, safe)
             if step + 1 < budget:
-                logits = self._feed([tok])
+                logits = check_logits(self._feed([tok]), self.source)
                 self._cached.append(tok)
         if not hit_stop_string and emitted < len(text_so_far):
             # Text held back for a possible stop string that never came.

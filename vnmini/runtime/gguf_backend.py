@@ -78,6 +78,7 @@ class GGUFGenerator(Generator):
         ctx = min(int(n_ctx), trained_ctx) if n_ctx else trained_ctx
         super().__init__(tokenizer, ctx)
         self.path = path
+        self.source = str(path)
         self.llm = open_llama(path, n_ctx=ctx, threads=threads, f32_cache=f32_kv_cache, logits_all=False)
         self.n_vocab = self.llm.n_vocab()
 

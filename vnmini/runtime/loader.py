@@ -30,7 +30,8 @@ def detect_backend(path: str | Path) -> str:
     if kind == "run":
         raise VnminiError(f"{path}: a training run folder; pass its checkpoint, e.g. {Path(path) / 'final'}.")
     if Path(path).is_file():
-        raise VnminiError(f"{path}: not a model vnmini can open (expected a .gguf file, a checkpoint folder or an ONNX folder).")
+        raise VnminiError(f"{path}: not a model vnmini can open (expected a .gguf file, a checkpoint folder or "
+                          "an ONNX folder).")
     raise VnminiError(f"{path}: holds neither config.json (checkpoint) nor model.onnx (ONNX export).")
 
 

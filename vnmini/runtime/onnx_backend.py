@@ -55,7 +55,8 @@ def pick_providers(device: str) -> list[str]:
     avail = ort.get_available_providers()
     if device in ("cuda", "gpu") or device.startswith("cuda:"):
         if "CUDAExecutionProvider" not in avail:
-            raise VnminiError("device 'cuda' needs onnxruntime-gpu and a CUDA GPU; install onnxruntime-gpu or use --device cpu.")
+            raise VnminiError("device 'cuda' needs onnxruntime-gpu and a CUDA GPU; "
+                              "install onnxruntime-gpu or use --device cpu.")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "auto" and "CUDAExecutionProvider" in avail:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -88,6 +89,7 @@ class ONNXGenerator(Generator):
         stop = [] if tokenizer is not None or eos is None else (eos if isinstance(eos, list) else [eos])
         super().__init__(tokenizer, int(cfg.get("max_position_embeddings", 2048)), stop)
         self.folder = folder
+        self.source = str(folder)
         self.providers = pick_providers(device)
         try:
             self.session = ort.InferenceSession(str(model_file), sess_options=session_options(threads),
@@ -99,8 +101,10 @@ class ONNXGenerator(Generator):
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")),
                                  key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
-        if "input_ids" not in inputs or "logits" not in [o.name for o in self.session.get_outputs()] or not self.past_names:
-            raise VnminiError(f"{model_file}: not a decoder with KV cache (needs input_ids, past_key_values.*, logits); "
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "input_ids" not in inputs or "logits" not in outputs or not self.past_names:
+            raise VnminiError(f"{model_file}: not a decoder with KV cache "
+                              "(needs input_ids, past_key_values.*, logits); "
                               "export it with `vnmini export onnx`.")
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         first = inputs[self.past_names[0]]
@@ -157,7 +161,8 @@ class ONNXGenerator(Generator):
             outs = b.get_outputs()
             # Only the logits leave ONNX Runtime; presents stay OrtValues for the next step.
             return outs[0].numpy()[0].astype(np.float32, copy=False), list(outs[1:])
-        outs = self.session.run(["logits", *self.present_names], {**feed, **dict(zip(self.past_names, past, strict=True))})
+        feed = {**feed, **dict(zip(self.past_names, past, strict=True))}
+        outs = self.session.run(["logits", *self.present_names], feed)
         return outs[0][0].astype(np.float32, copy=False), outs[1:]
 
     # --------------------------------------------------------- primitives

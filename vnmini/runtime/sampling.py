@@ -4,6 +4,8 @@
     next_id = sampler(logits_row, history_ids)
 
 ``temperature == 0`` is greedy (argmax, ties to the lowest id as torch does).
+Logits must be finite (``Generator.generate`` checks them with the model's path
+first; the sampler refuses NaN/inf itself too, for direct callers).
 
 :data:`DEFAULTS` is the one source of the sampling defaults: ``Generator.generate``,
 ``ChatSession``, ``teacher generate`` and the CLI flags all read it. The repetition
@@ -59,6 +61,11 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: list[int]) -> int:
         o = self.opts
         x = np.asarray(logits, dtype=np.float64).copy()
+        if not np.isfinite(x).all():
+            from vnmini.errors import VnminiError
+
+            raise VnminiError("the model produced NaN/inf logits; its file is corrupt or the weights diverged — "
+                              "re-export it from a good checkpoint, or retrain.")
         if o.repetition_penalty != 1.0 and history:
             # CTRL / HF convention: divide positive logits, multiply negative ones.
             idx = np.unique(np.asarray(history, dtype=np.int64))
@@ -67,11 +74,12 @@ class Sampler:
             x[idx] = np.where(v > 0, v / o.repetition_penalty, v * o.repetition_penalty)
         if o.temperature == 0:
             return int(np.argmax(x))
-        x /= o.temperature
         if 0 < o.top_k < x.shape[0]:
             kth = np.partition(x, -o.top_k)[-o.top_k]
             x[x < kth] = -np.inf
+        # Shift before dividing: a tiny temperature then sends the rest to -inf (p = 0), never inf - inf = NaN.
         x -= x.max()
+        x /= o.temperature
         p = np.exp(x)
         p /= p.sum()
         if o.top_p < 1.0:

@@ -3,11 +3,15 @@
 
     gen = TorchGenerator(model, tokenizer)     # what vnmini.load("runs/x/final") returns
     gen.logits([1, 2, 3])                      # [3, vocab] float32
+
+``source`` (named in errors such as NaN logits) is the checkpoint folder: given,
+or the folder the tokenizer was loaded from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +25,13 @@ class TorchGenerator(Generator):
 
     backend = "torch"
 
-    def __init__(self, model, tokenizer: VnTokenizer | None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model, tokenizer: VnTokenizer | None, device: str | torch.device = "cpu",
+                 source: str | Path | None = None) -> None:
         cfg = model.config
         super().__init__(tokenizer, cfg.max_position_embeddings, cfg.stop_token_ids if tokenizer is None else ())
+        if source is None and tokenizer is not None and Path(tokenizer.source).name == "tokenizer.json":
+            source = Path(tokenizer.source).parent  # a checkpoint saves its tokenizer beside the weights
+        self.source = str(source) if source is not None else "the torch model"
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.cache = None

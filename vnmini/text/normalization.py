@@ -52,7 +52,8 @@ _ZERO_WIDTH = "\u200b\u200c\u2060\ufeff\u00ad\u200e\u200f\u061c" + "".join(map(c
 )
 _ZWJ = "\u200d"
 # Every C0/C1 control except \t and \n (\r is handled by the line-ending rule first).
-_CONTROLS = "".join(chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0x85), *range(0x86, 0xA0)])
+_CONTROLS = "".join(chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0x85),
+                                     *range(0x86, 0xA0)])
 _DROP_TABLE = {ord(c): None for c in _ZERO_WIDTH + _CONTROLS}
 _LINE_BREAKS = re.compile("\r\n|[\r\u0085\u2028\u2029\x0b\x0c]")
 _SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
@@ -153,9 +154,9 @@ def normalize(text: str, tone_style: str = "new") -> str:
 # A "syllable" is a maximal run of letters (Vietnamese writes one syllable per
 # space-separated word); digits and punctuation are not syllables.
 _SYLLABLE = re.compile(r"[^\W\d_]+")
-_VI_MARKED = frozenset(c for v in _VOWELS_PLAIN for c in _variants(v) if c not in _VOWELS_PLAIN + _VOWELS_PLAIN.upper()) | set(
-    "đĐ"
-)
+_VI_MARKED = frozenset(
+    c for v in _VOWELS_PLAIN for c in _variants(v) if c not in _VOWELS_PLAIN + _VOWELS_PLAIN.upper()
+) | set("đĐ")
 
 
 def syllables(text: str) -> list[str]:

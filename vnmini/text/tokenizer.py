@@ -13,6 +13,11 @@ for bits-per-byte.
     prompt = tok.apply_chat_template([{"role": "user", "content": "Chào"}])
     tok.save("ckpt/")                           # tokenizer.json + tokenizer_config.json
 
+Chat templates are untrusted input (any tokenizer_config.json, chat_template.jinja
+or GGUF can carry one): they render through :mod:`vnmini.text.chat_template`
+(Jinja's immutable sandbox, bounded output size and time, compiled once), and any
+failure is one :class:`VnminiError` naming the tokenizer's source.
+
 Training a new BPE lives in :mod:`vnmini.text.tokenizer_train`.
 """
 
@@ -29,6 +34,7 @@ from tokenizers import Tokenizer
 
 from vnmini.atomic import write_json, write_text
 from vnmini.errors import VnminiError
+from vnmini.text.chat_template import render_chat_template
 from vnmini.text.normalization import normalize
 
 BOS_TOKEN = "<s>"
@@ -51,7 +57,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-
+# ------------------------------------------------------- template sandbox
+# Chat templates come from files anyone can hand us (tokenizer_config.json,
+# chat_template.jinja, a GGUF's metadata), so rendering is bounded: Jinja's
+# immutable sandbox stops attribute escapes but not a template that allocates
+# gigabytes or loops for hours, hence the size and time limits below.
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable-char table used by byte-level BPE."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -88,7 +98,9 @@ class VnTokenizer:
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if t not in vocab]
         if missing:
-            raise VnminiError(f"{source}: tokenizer lacks special tokens {missing}; train it with `vnmini tokenizer train`.")
+            raise VnminiError(
+                f"{source}: tokenizer lacks special tokens {missing}; train it with `vnmini tokenizer train`."
+            )
         self.bos_id = vocab[BOS_TOKEN]
         self.eos_id = vocab[EOS_TOKEN]
         self.pad_id = vocab.get(PAD_TOKEN, self.eos_id)
@@ -141,27 +153,25 @@ class VnTokenizer:
         messages: Sequence[dict],
         add_generation_prompt: bool = True,
     ) -> str:
-        """Render messages with the Jinja chat template (contents normalized)."""
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        """Render messages with the Jinja chat template (contents normalized).
 
+        The template runs in a bounded immutable sandbox
+        (:func:`vnmini.text.chat_template.render_chat_template`); any failure is one
+        :class:`VnminiError` naming ``self.source``.
+        """
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise VnminiError(f"chat message {m!r}: each message needs 'role' and 'content'.")
         msgs = [{"role": m["role"], "content": self.normalize(str(m["content"]))} for m in messages]
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return render_chat_template(self.chat_template, self.source, self._template_fix(), messages=msgs,
+                                    add_generation_prompt=add_generation_prompt, bos_token=BOS_TOKEN,
+                                    eos_token=EOS_TOKEN)
 
-        def raise_exception(msg: str) -> None:
-            raise jinja2.exceptions.TemplateError(msg)
-
-        env.globals["raise_exception"] = raise_exception
-        template = env.from_string(self.chat_template)
-        return template.render(
-            messages=msgs,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-        )
+    def _template_fix(self) -> str:
+        if self.source.endswith(".gguf"):
+            return ("fix chat_template in the source checkpoint's tokenizer_config.json / chat_template.jinja "
+                    "and re-export the GGUF")
+        return "fix chat_template in tokenizer_config.json / chat_template.jinja"
 
     def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         return self.hf.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False).ids
@@ -240,11 +250,13 @@ class VnTokenizer:
         folder = path if path.is_dir() else path.parent
         tok_file = path / "tokenizer.json" if path.is_dir() else path
         if not tok_file.is_file():
-            raise VnminiError(f"{tok_file}: no tokenizer.json here; train one with `vnmini tokenizer train` or pass a checkpoint folder.")
+            raise VnminiError(f"{tok_file}: no tokenizer.json here; train one with `vnmini tokenizer train` "
+                              "or pass a checkpoint folder.")
         try:
             hf = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise VnminiError(f"{tok_file}: not a valid tokenizers JSON ({str(e)[:80]}); re-create it with `vnmini tokenizer train`.") from e
+            raise VnminiError(f"{tok_file}: not a valid tokenizers JSON ({str(e)[:80]}); "
+                              "re-create it with `vnmini tokenizer train`.") from e
         config: dict = {}
         cfg_file = folder / "tokenizer_config.json"
         if cfg_file.is_file():

@@ -23,6 +23,10 @@ No normalizer goes into ``tokenizer.json`` (llama.cpp would not run it);
 :class:`vnmini.text.tokenizer.VnTokenizer` normalizes in Python instead, and the
 training text is normalized the same way. ``decoders.ByteLevel`` restores the
 exact bytes, so ``decode(encode(s)) == s`` for every normalized ``s``.
+Long documents reach the trainer in pieces cut by
+:func:`vnmini.data.corpus.split_text` (bounded memory); the cuts are
+pre-tokenizer boundaries, so the word counts and merges are those of the
+uncut text.
 
 Vocabulary seeding: the default corpus is statutes only, so a BPE trained on it
 alone learns legal syllables and splits everyday words (``tệp``, ``màn``,
@@ -48,7 +52,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from vnmini.data.corpus import ALL_SUFFIXES, CorpusStats, read_documents
+from vnmini.data.corpus import ALL_SUFFIXES, CorpusStats, read_documents, split_text
 from vnmini.errors import VnminiError
 from vnmini.text.normalization import (
     count_syllables,
@@ -125,7 +129,8 @@ class SyllablePrior:
         onset, rhyme, tone = p
         stop = rhyme.endswith(_STOPS)
         same_class = sum(v for (_, s), v in self.tones.items() if s == stop) or 1
-        return (self.onsets[onset] / self.total) * (self.rhymes[rhyme] / self.total) * (self.tones[(tone, stop)] / same_class)
+        p_onset, p_rhyme = self.onsets[onset] / self.total, self.rhymes[rhyme] / self.total
+        return p_onset * p_rhyme * (self.tones[(tone, stop)] / same_class)
 
 
 def seed_texts(prior: SyllablePrior, weight: float, style: str = "new") -> Iterator[str]:
@@ -145,7 +150,9 @@ def _is_path_like(item: str | Path) -> bool:
     if "\n" in item or len(item) > 4096:
         return False
     # Existing files, globs, and strings that look like paths (so a typo gives "no such file", not a 1-line corpus).
-    looks_like_path = not any(c.isspace() for c in item) and ("/" in item or os.sep in item or item.endswith(ALL_SUFFIXES))
+    looks_like_path = not any(c.isspace() for c in item) and (
+        "/" in item or os.sep in item or item.endswith(ALL_SUFFIXES)
+    )
     return os.path.exists(item) or any(c in item for c in "*?[") or looks_like_path
 
 
@@ -188,16 +195,19 @@ def train_tokenizer(
 
     def stream() -> Iterator[str]:
         if is_text:
-            docs: Iterable[str] = (normalize(str(t), tone_style) for t in items)
+            docs: Iterable[str] = ("".join(normalize(p, tone_style) for p in split_text(str(t))) for t in items)
         else:
             docs = read_documents(items, field, column, doc_sep=doc_sep, tone_style=tone_style, stats=stats)
+        # Bounded pieces: the Rust trainer needs ~100 bytes per byte of one string, and split_text's
+        # cuts are pre-tokenizer boundaries, so the word counts (and the merges) do not change.
         for doc in docs:
-            if doc:
+            for piece in split_text(doc) if doc else ():
                 if seed_weight > 0:
-                    prior.add(doc)
-                yield doc
+                    prior.add(piece)
+                yield piece
         # The prior is complete only once the corpus has streamed by: seeds come last.
-        yield from seed_texts(prior, seed_weight, tone_style)
+        for seed in seed_texts(prior, seed_weight, tone_style):
+            yield from split_text(seed)
 
     hf = new_bpe(pre)
     trainer = trainers.BpeTrainer(
@@ -209,7 +219,8 @@ def train_tokenizer(
     )
     hf.train_from_iterator(stream(), trainer=trainer)
     if hf.get_vocab_size() <= len(SPECIAL_TOKENS) + 256:
-        raise VnminiError("the training text is too small to learn any merge; give more text or a smaller --vocab-size.")
+        raise VnminiError("the training text is too small to learn any merge; "
+                          "give more text or a smaller --vocab-size.")
     return VnTokenizer(hf, chat_template=chat_template, pre_tokenizer_name=pre, tone_style=tone_style)
 
 

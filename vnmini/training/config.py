@@ -38,7 +38,8 @@ class TrainConfig:
     data: str = _f("", "Token shard folder from `vnmini data prepare` (sft: a messages JSONL).")
     tokenizer: str | None = _f(None, "Tokenizer folder/json (default: the shards' own).")
     out: str = _f("runs/train", "Run folder (step_NNNNNN/, final/, metrics.jsonl, loss.png).")
-    preset: str = _f("tiny", "Model shape when not starting from a checkpoint: micro, tiny, mini, small, medium, large.")
+    preset: str = _f("tiny", "Model shape when not starting from a checkpoint: "
+                             "micro, tiny, mini, small, medium, large.")
     init_from: str | None = _f(None, "Start from this checkpoint folder instead of a fresh preset.")
     seq_len: int = _f(256, "Tokens per sequence.")
     # ---- batch: global_batch_tokens = micro_batch * seq_len * grad_accum * world_size

@@ -77,7 +77,8 @@ def wrap(module: nn.Module, model: nn.Module, env: DistEnv, fsdp: bool, amp_dtyp
             raise VnminiError("--fsdp shards the plain decoder only (pretrain/distill); drop --fsdp for sft.")
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32) if amp_dtype else MixedPrecisionPolicy()
+        mp = (MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32) if amp_dtype
+              else MixedPrecisionPolicy())
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)

@@ -131,9 +131,10 @@ def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", s
 def _check_cache(cache: TeacherCache, cfg: TrainConfig, tok_hash: str, temperature: float | None) -> None:
     m = cache.manifest
     if cache.tokenizer_hash != tok_hash:
-        raise VnminiError(f"vocabulary mismatch: teacher cache {cache.folder} was written with tokenizer {m['tokenizer_hash']} "
-                          f"({m['vocab_size']} tokens), the student's shards {cfg.data} use {tok_hash}; write the cache "
-                          "over these shards, or distill sequence-level with `vnmini teacher generate`.")
+        raise VnminiError(f"vocabulary mismatch: teacher cache {cache.folder} was written with tokenizer "
+                          f"{m['tokenizer_hash']} ({m['vocab_size']} tokens), the student's shards {cfg.data} use "
+                          f"{tok_hash}; write the cache over these shards, or distill sequence-level with "
+                          "`vnmini teacher generate`.")
     if m.get("shards_fingerprint") != shards_fingerprint(cfg.data, m.get("split", "train")):
         raise VnminiError(f"--teacher-cache {cache.folder}: written over another shard set than --data {cfg.data} "
                           f"(it was made from {m.get('data')}); rerun `vnmini teacher cache --data {cfg.data}`.")
@@ -191,7 +192,8 @@ def distill(
         if train_windows < 1:
             raise VnminiError(f"--train-windows {train_windows}: must be >= 1.")
         source.train_rows = min(source.train_rows, int(train_windows))
-    settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda, "train_windows": source.train_rows}
+    settings: dict[str, Any] = {"alpha": alpha, "kd": kd, "skew_lambda": skew_lambda,
+                                "train_windows": source.train_rows}
     if cache is not None:
         _check_cache(cache, cfg, tok.hash, temperature)
         if cache.windows < source.train_rows:

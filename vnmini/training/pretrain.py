@@ -57,8 +57,9 @@ def resolve_tokenizer(data: str | Path, tokenizer: str | Path | None) -> VnToken
         if c.exists():
             tok = VnTokenizer.load(c)
             if tok.hash != manifest.get("tokenizer_hash"):
-                raise VnminiError(f"--tokenizer {c}: hash {tok.hash} differs from the shards' {manifest.get('tokenizer_hash')} "
-                                  f"({data}/manifest.json); pass the tokenizer the shards were made with.")
+                raise VnminiError(f"--tokenizer {c}: hash {tok.hash} differs from the shards' "
+                                  f"{manifest.get('tokenizer_hash')} ({data}/manifest.json); pass the tokenizer "
+                                  "the shards were made with.")
             return tok
     if tokenizer:
         raise VnminiError(f"--tokenizer {tokenizer}: no such file or folder.")
@@ -91,8 +92,8 @@ def make_model(cfg: TrainConfig, tok: VnTokenizer):
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(mcfg)
     if cfg.seq_len > model.config.max_position_embeddings:
-        raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context ({model.config.max_position_embeddings}); "
-                          "lower --seq-len.")
+        raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context "
+                          f"({model.config.max_position_embeddings}); lower --seq-len.")
     return model
 
 
@@ -107,7 +108,8 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> d
         raise VnminiError("--data: give the token shard folder made by `vnmini data prepare`.")
     tok = resolve_tokenizer(cfg.data, cfg.tokenizer)
     train_r = ShardReader(cfg.data, "train", tokenizer_hash=tok.hash)
-    val_r = ShardReader(cfg.data, "val", tokenizer_hash=tok.hash) if load_manifest(cfg.data)["splits"].get("val", {}).get("tokens") else None
+    val_r = (ShardReader(cfg.data, "val", tokenizer_hash=tok.hash)
+             if load_manifest(cfg.data)["splits"].get("val", {}).get("tokens") else None)
     model = make_model(cfg, tok)
     trainer = Trainer(cfg, model, TokenWindows(train_r, val_r, cfg.seq_len), tokenizer=tok, kind="pretrain")
     try:

@@ -202,7 +202,8 @@ def sft(config: TrainConfig | str | Path | None = None, **overrides: Any) -> dic
     ck = load_checkpoint(cfg.init_from, require_tokenizer=cfg.tokenizer is None)
     tok = VnTokenizer.load(cfg.tokenizer) if cfg.tokenizer else ck.tokenizer
     if cfg.seq_len > ck.model.config.max_position_embeddings:
-        raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context ({ck.model.config.max_position_embeddings}).")
+        raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context "
+                          f"({ck.model.config.max_position_embeddings}).")
     convs = load_conversations(cfg.data)
     train_c, val_c = split_val(convs, cfg.val_fraction)
     train_p = pack([render(tok, c) for c in train_c], cfg.seq_len, tok.pad_id)

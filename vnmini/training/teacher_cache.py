@@ -230,8 +230,8 @@ def write_teacher_cache(
         if max_windows is not None:
             windows = min(windows, max(0, int(max_windows)))
         if windows < 1:
-            raise VnminiError(f"{data}: the {split} split has {len(reader)} tokens, fewer than seq_len+1 = {seq_len + 1}; "
-                              "lower --seq-len.")
+            raise VnminiError(f"{data}: the {split} split has {len(reader)} tokens, "
+                              f"fewer than seq_len+1 = {seq_len + 1}; lower --seq-len.")
         out = Path(out)
         n_parts = -(-windows // windows_per_part)
         plan = {
@@ -265,8 +265,8 @@ def write_teacher_cache(
         mine = [p for p in range(env.rank, n_parts, env.world_size)]
         todo = [p for p in mine if not _part_ok(out / PART.format(p), _part_windows(p, plan) * seq_len, k)]
         id_dtype = np.dtype(plan["id_dtype"])
-        bar = progress_bar("teacher cache", sum(_part_windows(p, plan) for p in mine), enabled=progress and env.rank == 0,
-                           fields="windows")
+        bar = progress_bar("teacher cache", sum(_part_windows(p, plan) for p in mine),
+                           enabled=progress and env.rank == 0, fields="windows")
         t0 = time.perf_counter()
         done_windows = sum(_part_windows(p, plan) for p in mine if p not in todo)
         bar.update(completed=done_windows)
@@ -300,7 +300,8 @@ def write_teacher_cache(
         if env.rank == 0:
             missing = [p for p in range(n_parts) if not (out / PART.format(p)).is_file()]
             if missing:
-                raise VnminiError(f"{out}: parts {missing[:5]} are missing; rerun the same command to finish the cache.")
+                raise VnminiError(f"{out}: parts {missing[:5]} are missing; "
+                                  "rerun the same command to finish the cache.")
             nbytes = sum((out / PART.format(p)).stat().st_size for p in range(n_parts))
             manifest.update(complete=True, bytes=nbytes, bytes_per_token=nbytes / plan["positions"],
                             elapsed_s=round(time.perf_counter() - t0, 3))
@@ -348,7 +349,8 @@ class TeacherCache:
             path = self.folder / PART.format(p)
             want = min(self._per_part, self.positions - p * self._per_part)
             if not _part_ok(path, want, self.k):
-                raise VnminiError(f"{path}: missing or damaged; delete it and rerun `vnmini teacher cache` to rewrite it.")
+                raise VnminiError(f"{path}: missing or damaged; "
+                                  "delete it and rerun `vnmini teacher cache` to rewrite it.")
             f = safe_open(str(path), framework="numpy")
             self._open[p] = f
         return f
@@ -356,7 +358,8 @@ class TeacherCache:
     def read(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw (ids, fp16 logprobs, fp16 rest_logprob) of positions ``[start, start + n)``."""
         if start < 0 or start + n > self.positions:
-            raise VnminiError(f"{self.folder}: positions [{start}, {start + n}) are outside the cache (0..{self.positions}); "
+            raise VnminiError(f"{self.folder}: positions [{start}, {start + n}) are outside the cache "
+                              f"(0..{self.positions}); "
                               "the cache covers fewer windows than this run reads — rewrite it over the whole split.")
         ids, lps, rest = [], [], []
         pos, end = start, start + n
@@ -383,12 +386,13 @@ class TeacherCache:
                               "needs token-shard windows (distill from shards, not SFT conversations).")
         parts = [self.read(int(p), length) for p in pos]
         ids = torch.from_numpy(np.stack([a[0] for a in parts]).astype(np.int64))
-        lp = decode_topk(torch.from_numpy(np.stack([a[1] for a in parts])), torch.from_numpy(np.stack([a[2] for a in parts])))
+        lp = decode_topk(torch.from_numpy(np.stack([a[1] for a in parts])),
+                         torch.from_numpy(np.stack([a[2] for a in parts])))
         return ids, lp
 
     def nbytes(self) -> int:
         return sum((self.folder / PART.format(p)).stat().st_size for p in range(int(self.manifest["parts"])))
 
 
-__all__ = ["Teacher", "load_teacher", "encode_topk", "decode_topk", "check_same_tokenizer", "shards_fingerprint", "write_teacher_cache",
-           "TeacherCache", "FORMAT"]
+__all__ = ["Teacher", "load_teacher", "encode_topk", "decode_topk", "check_same_tokenizer", "shards_fingerprint",
+           "write_teacher_cache", "TeacherCache", "FORMAT"]

@@ -25,7 +25,9 @@ SentencePiece Gemma) runs on llama.cpp's own tokenizer, sampler and chat templat
 
 Resumable: lines go to ``OUT.partial`` as they are made (sample i uses seed
 ``seed + i``, so a rerun continues with the same draws) and the file is renamed to
-``OUT`` only when every prompt is done.
+``OUT`` only when every prompt is done. A run that fails or is interrupted keeps a
+non-empty partial (the resume point) and removes an empty one. A teacher whose
+logits turn NaN/inf (a corrupt file) fails with the teacher's path, on every backend.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 
 from vnmini.errors import VnminiError
 from vnmini.jsonl import iter_jsonl
+from vnmini.outputs import check_output
 from vnmini.progress import progress_bar
 from vnmini.runtime.sampling import DEFAULTS
 from vnmini.text.normalization import normalize
@@ -87,16 +90,35 @@ class LlamaCppTeacher:
         except (ValueError, RuntimeError) as e:
             raise VnminiError(f"{path}: llama.cpp cannot load it ({e}); check the file.") from e
 
+        self.source = str(path)
+
+    def _check_finite(self) -> None:
+        """NaN/inf in the last logits llama.cpp computed: a corrupt file whose samples would be garbage.
+
+        Checked after each completion, not in a logits processor: llama-cpp-python runs those as a
+        ctypes callback, where an exception is printed and ignored rather than raised."""
+        import numpy as np
+        from llama_cpp import llama_get_logits_ith
+
+        from vnmini.runtime.generator import check_logits
+
+        ptr = llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        if ptr:
+            check_logits(np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)), self.source)
+
     @staticmethod
     def _kw(kw: dict[str, Any]) -> dict[str, Any]:
         return {"max_tokens": kw["max_new_tokens"], "temperature": kw["temperature"], "top_k": kw["top_k"],
                 "top_p": kw["top_p"], "repeat_penalty": kw["repetition_penalty"], "seed": kw["seed"]}
 
     def complete(self, prompt: str, **kw: Any) -> str:
-        return self.llm.create_completion(prompt, **self._kw(kw))["choices"][0]["text"]
+        text = self.llm.create_completion(prompt, **self._kw(kw))["choices"][0]["text"]
+        self._check_finite()
+        return text
 
     def chat(self, messages: list[dict[str, str]], **kw: Any) -> str:
         out = self.llm.create_chat_completion(messages=messages, **self._kw(kw))
+        self._check_finite()
         return out["choices"][0]["message"]["content"] or ""
 
 
@@ -144,8 +166,11 @@ def teacher_generate(
     device: str = "cpu",
     threads: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the teacher's continuations / chat answers for ``prompts`` to the JSONL ``out``.
+
+    An existing ``out`` is replaced only with ``force`` (and only if it is a file).
 
     ``mode``: auto (``messages`` items chat, ``prompt`` items continue), complete, or chat
     (each prompt becomes a user turn, after ``system`` if given). Returns a summary.
@@ -155,8 +180,7 @@ def teacher_generate(
     if samples < 1 or max_new_tokens < 1:
         raise VnminiError("--samples and --max-new-tokens must be >= 1.")
     out = Path(out)
-    if out.exists():
-        raise VnminiError(f"--out {out}: already exists; delete it or choose another file.")
+    check_output(out, "file", force, flag="--out")
     items = read_prompts(prompts)
     if mode == "complete" and any("messages" in it for it in items):
         raise VnminiError(f"--mode complete: {prompts} holds chat messages; use --mode chat or auto.")
@@ -182,7 +206,8 @@ def teacher_generate(
                     if msgs[-1]["role"] == "assistant":
                         msgs = msgs[:-1]  # answer the last user turn afresh
                     answer = gen.chat(msgs, **kw)
-                    rec: dict[str, Any] = {"messages": [*msgs, {"role": "assistant", "content": answer}], "teacher": name}
+                    rec: dict[str, Any] = {"messages": [*msgs, {"role": "assistant", "content": answer}],
+                                           "teacher": name}
                     new_chars += len(answer)
                 else:
                     comp = gen.complete(it["prompt"], **kw)
@@ -191,6 +216,11 @@ def teacher_generate(
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 f.flush()
                 bar.update(completed=i + 1)
+    except BaseException:
+        # An empty partial resumes nothing and would only look like progress; a non-empty one is the resume point.
+        if partial.is_file() and partial.stat().st_size == 0:
+            partial.unlink()
+        raise
     finally:
         bar.close()
     os.replace(partial, out)

@@ -253,7 +253,8 @@ class Trainer:
         self.accum = cfg.grad_accum(self.env.world_size)
         self.global_seqs = cfg.global_batch_tokens // cfg.seq_len
         if source.train_rows < 1:
-            raise VnminiError(f"{cfg.data}: fewer than seq_len+1 = {cfg.seq_len + 1} training tokens; lower --seq-len or add data.")
+            raise VnminiError(f"{cfg.data}: fewer than seq_len+1 = {cfg.seq_len + 1} training tokens; "
+                              "lower --seq-len or add data.")
         self._prev_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -343,7 +344,8 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "optimizer": dist.optimizer_state(self.model, self.opt, self.env, self.cfg.fsdp),
             "optimizer_format": "fsdp-full" if self.cfg.fsdp else "plain",
-            "scheduler": {"schedule": self.cfg.schedule, "step": self.step, "lr": lr_at(self.cfg, max(0, self.step - 1))},
+            "scheduler": {"schedule": self.cfg.schedule, "step": self.step,
+                          "lr": lr_at(self.cfg, max(0, self.step - 1))},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -378,7 +380,8 @@ class Trainer:
         try:
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable state is the same user error
-            raise VnminiError(f"{folder / STATE_FILE}: unreadable ({str(e)[:120]}); delete that folder to resume from an older one.") from e
+            raise VnminiError(f"{folder / STATE_FILE}: unreadable ({str(e)[:120]}); "
+                              "delete that folder to resume from an older one.") from e
         want = "fsdp-full" if self.cfg.fsdp else "plain"
         if state.get("optimizer_format") != want:
             raise VnminiError(f"{folder}: saved with optimizer format {state.get('optimizer_format')}, this run needs "
@@ -418,7 +421,8 @@ class Trainer:
             self._lock = contextlib.ExitStack()
             self._lock.enter_context(run_lock(self.run_dir))
             # Leftovers of a killed save: temp folders/files from atomic_dir/atomic_path.
-            for p in list(self.run_dir.glob(".*.tmp")) + list(self.run_dir.glob(".*.old-*")) + list(self.run_dir.glob("*/.*.tmp")):
+            for p in (list(self.run_dir.glob(".*.tmp")) + list(self.run_dir.glob(".*.old-*"))
+                      + list(self.run_dir.glob("*/.*.tmp"))):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         dist.barrier(self.env)
         found = find_resume_point(self.run_dir)
@@ -443,7 +447,8 @@ class Trainer:
         if self.is_main:
             from vnmini.training.plots import plot_metrics
 
-            plot_metrics(read_metrics(self.run_dir), self.run_dir / PLOT_FILE, title=f"{self.kind}: {self.run_dir.name}")
+            plot_metrics(read_metrics(self.run_dir), self.run_dir / PLOT_FILE,
+                         title=f"{self.kind}: {self.run_dir.name}")
 
     def _eval_and_log(self) -> None:
         self.last_eval = self.evaluate()
@@ -453,7 +458,8 @@ class Trainer:
             rec["sample"] = text
         self._write(rec)
         if self.last_eval:
-            self._log(f"step {self.step}: eval loss {self.last_eval['eval_loss']:.4f}, bpb {self.last_eval['eval_bpb']:.4f}"
+            self._log(f"step {self.step}: eval loss {self.last_eval['eval_loss']:.4f}, "
+                      f"bpb {self.last_eval['eval_bpb']:.4f}"
                       + (f" | {text!r}" if text else ""))
         self._plot()
 
@@ -498,9 +504,12 @@ class Trainer:
                     loss_val = float(total) / (self.accum * self.env.world_size)
                     gnorm = dist.grad_norm_clip(self.model, cfg.grad_clip)
                     if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
-                        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                        raise VnminiError(f"step {self.step + 1}: {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
-                                          f"is {loss_val if not math.isfinite(loss_val) else gnorm}; stopped ({where}). "
+                        where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt
+                                 else "no checkpoint was written yet")
+                        raise VnminiError(f"step {self.step + 1}: "
+                                          f"{'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
+                                          f"is {loss_val if not math.isfinite(loss_val) else gnorm}; "
+                                          f"stopped ({where}). "
                                           "Lower --lr, raise --warmup-steps or check the data, then --resume.")
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
@@ -511,9 +520,11 @@ class Trainer:
                         now = time.perf_counter()
                         tok_s = window_tok / max(now - window_t, 1e-9)
                         window_t, window_tok = now, 0
-                    mfu = tok_s * self.flops_per_token / (self.peak_flops * self.env.world_size) if self.peak_flops and self.flops_per_token else None
-                    rec = {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": self.tokens_seen,
-                           "tokens_per_s": round(tok_s, 1), "elapsed_s": round(time.perf_counter() - t_start, 3), **extras}
+                    mfu = (tok_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
+                           if self.peak_flops and self.flops_per_token else None)
+                    rec = {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": gnorm,
+                           "tokens": self.tokens_seen, "tokens_per_s": round(tok_s, 1),
+                           "elapsed_s": round(time.perf_counter() - t_start, 3), **extras}
                     if mfu is not None:
                         rec["mfu"] = round(mfu, 4)
                     self._write(rec)
