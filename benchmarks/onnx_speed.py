@@ -154,7 +154,8 @@ def _text() -> tuple[str, str, str]:
 def _train_bpe(text: str, vocab: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
+    from vnmini.text.specials import SPECIAL_TOKENS
+    from vnmini.text.tokenizer import VnTokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from vnmini.errors import VnminiError
 from vnmini.text.gguf_vocab import KEY_TOKENIZER_HASH, KEY_TONE_STYLE, SUPPORTED_PRE
+from vnmini.text.pretokenizers import describe_pre_tokenizer
 from vnmini.text.tokenizer import VnTokenizer
 
 
@@ -30,10 +31,17 @@ def add_tokenizer_metadata(writer: gguf.GGUFWriter, tok: VnTokenizer, vocab_size
     ``vocab_size`` is the model's embedding rows; rows past the tokenizer's
     last id get ``[PAD{i}]`` tokens of type UNUSED, as llama.cpp's converter does.
     """
+    if tok.style != "byte-level":
+        raise VnminiError(
+            f"{tok.source}: a SentencePiece-style tokenizer (▁ and byte fallback); vnmini's GGUF export writes "
+            "byte-level BPE only so far. Convert this model with llama.cpp's convert_hf_to_gguf.py, then use the "
+            "GGUF with every vnmini verb."
+        )
     if tok.pre_tokenizer_name not in SUPPORTED_PRE:
         raise VnminiError(
-            f"{tok.source}: pre-tokenizer {tok.pre_tokenizer_name!r} has no llama.cpp twin; "
-            f"retrain the tokenizer with pre one of {SUPPORTED_PRE}."
+            f"{tok.source}: its pre-tokenizer ({describe_pre_tokenizer(tok.hf)}) splits text unlike any llama.cpp "
+            f"pre-tokenizer ({', '.join(SUPPORTED_PRE)}), so llama.cpp would tokenize the GGUF differently; "
+            "nothing was written. Use a tokenizer with one of those, or export ONNX instead."
         )
     if tok.vocab_size > vocab_size:
         raise VnminiError(
@@ -62,15 +70,16 @@ def add_tokenizer_metadata(writer: gguf.GGUFWriter, tok: VnTokenizer, vocab_size
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    writer.add_bos_token_id(tok.bos_id)
+    if tok.bos_id is not None:
+        writer.add_bos_token_id(tok.bos_id)
     writer.add_eos_token_id(tok.eos_id)
     writer.add_pad_token_id(tok.pad_id)
-    if tok.im_end_id is not None:
+    if tok.eot_id is not None:
         # End of a chat turn: llama.cpp apps stop generating here (end-of-generation set).
-        writer.add_eot_token_id(tok.im_end_id)
-    # Plain text generation starts with BOS (as vnmini does); the chat template
-    # writes its own BOS and llama.cpp then adds none.
-    writer.add_add_bos_token(True)
+        writer.add_eot_token_id(tok.eot_id)
+    # The source's own BOS rule (vnmini: BOS first; Qwen2: none). A chat template that
+    # writes its own BOS gets none added by llama.cpp, which renders then tokenizes.
+    writer.add_add_bos_token(tok.add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(tok.chat_template)
     writer.add_string(KEY_TOKENIZER_HASH, tok.hash)
@@ -90,7 +99,7 @@ def _merges(hf: Tokenizer) -> list[str]:
     import json
 
     model = json.loads(hf.to_str()).get("model", {})
-    if model.get("type") != "BPE":
+    if model.get("type") != "BPE":  # e.g. a WordPiece or Unigram tokenizer.json
         raise VnminiError(f"tokenizer model is {model.get('type')!r}; GGUF export supports byte-level BPE only.")
     out = []
     for m in model.get("merges", []):

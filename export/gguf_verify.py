@@ -107,8 +107,10 @@ def check_tokenization(llm, tok, samples: list[str]) -> dict[str, Any]:
             i = _first_diff(ours, theirs)
             mismatches.append({"text": norm[:80], "at": i, "ours": ours[max(0, i - 2): i + 5],
                                "llama_cpp": theirs[max(0, i - 2): i + 5]})
-    with_bos = llm.tokenize(b"x", add_bos=True, special=True)[0] == tok.bos_id
-    return {"samples": len(samples), "ids": n_ids, "equal": not mismatches and with_bos,
+    # llama.cpp adds BOS to plain text exactly when the source does (tokenizer.ggml.add_bos_token)
+    first = llm.tokenize(b"x", add_bos=True, special=True)[0]
+    with_bos = tok.bos_id is not None and first == tok.bos_id
+    return {"samples": len(samples), "ids": n_ids, "equal": not mismatches and with_bos == tok.add_bos,
             "adds_bos": with_bos, "mismatches": mismatches[:5]}
 
 

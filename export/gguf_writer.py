@@ -7,8 +7,8 @@
 CLI: ``vnmini export gguf CKPT -o model.gguf --quant q8_0``.
 
 The file is written with the ``gguf`` package (llama.cpp's own writer), arch
-``llama``, tensor names and Q/K row order as llama.cpp's
-``convert_hf_to_gguf.py`` produces them, norms in f32, and the tokenizer +
+``llama`` (Llama, Mistral) or ``qwen2`` (q/k/v bias, rotary halves unpermuted),
+tensor names and Q/K row order as llama.cpp's ``convert_hf_to_gguf.py`` produces them, norms in f32, and the tokenizer +
 chat template inside (:mod:`vnmini.export.gguf_tokenizer`).
 
 Quant types:
@@ -58,6 +58,9 @@ DIRECT_QUANTS: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] =
     "q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
     "q4_0": (FT.MOSTLY_Q4_0, Q.Q4_0),
 }
+# model_type -> llama.cpp architecture
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+
 # quant name -> llama.cpp ftype name (llama_cpp.LLAMA_FTYPE_*) for llama.cpp's quantizer.
 K_QUANTS: dict[str, str] = {
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
@@ -109,9 +112,16 @@ def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
             .reshape(w.shape))
 
 
+def gguf_arch(cfg) -> str:
+    """llama.cpp's architecture for a model type (Mistral is written as llama, as llama.cpp's converter does)."""
+    return GGUF_ARCH[cfg.model_type]
+
+
 def gguf_tensors(model) -> list[tuple[str, torch.Tensor, bool]]:
     """(GGUF name, f32 tensor, is_output_head) in llama.cpp's order and layout."""
     cfg = model.config
+    # llama.cpp's llama arch rotates interleaved pairs; its qwen2 arch uses HF's halves (NEOX), unpermuted.
+    permute = gguf_arch(cfg) == "llama"
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     out: list[tuple[str, torch.Tensor, bool]] = [
         ("token_embd.weight", sd["model.embed_tokens.weight"], cfg.tie_word_embeddings)]
@@ -124,9 +134,9 @@ def gguf_tensors(model) -> list[tuple[str, torch.Tensor, bool]]:
                 t = sd.get(f"{p}self_attn.{src}_proj.{kind}")
                 if t is None:
                     continue
-                if src == "q":
+                if permute and src == "q":
                     t = permute_qk(t, cfg.num_attention_heads)
-                elif src == "k":
+                elif permute and src == "k":
                     t = permute_qk(t, cfg.num_key_value_heads)
                 out.append((f"{b}{dst}.{kind}", t, False))
         out.append((b + "ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], False))
@@ -183,9 +193,14 @@ def _load(checkpoint) -> Any:
             raise VnminiError(f"{path}: is already a GGUF; export from the checkpoint folder it came from.")
         ckpt = load_checkpoint(path, dtype=torch.float32, require_tokenizer=True)
     cfg = ckpt.config
-    if cfg.model_type != "llama":
-        raise VnminiError(f"{ckpt.path}: architecture {cfg.model_type!r} is not exported to GGUF; "
-                          "vnmini writes Llama checkpoints (model_type 'llama').")
+    if cfg.model_type not in GGUF_ARCH:
+        raise VnminiError(f"{ckpt.path}: architecture {cfg.model_type!r} is not exported to GGUF; vnmini writes "
+                          f"{', '.join(GGUF_ARCH)} checkpoints.")
+    window = cfg.extra.get("sliding_window")
+    if window and window < cfg.max_position_embeddings:
+        raise VnminiError(f"{ckpt.path}: sliding-window attention ({window} < context {cfg.max_position_embeddings}) "
+                          "has no equivalent in llama.cpp's llama architecture; export ONNX, or set sliding_window "
+                          "to null in config.json if the model was trained without it.")
     if ckpt.tokenizer.vocab_size > cfg.vocab_size:
         raise VnminiError(f"{ckpt.path}: tokenizer has {ckpt.tokenizer.vocab_size} tokens but vocab_size is "
                           f"{cfg.vocab_size}; the tokenizer does not belong to this model.")
@@ -210,7 +225,7 @@ def write_gguf(ckpt, path: Path, quant: str, name: str | None = None, license: s
 
     cfg, model, tok, prov = ckpt.config, ckpt.model, ckpt.tokenizer, ckpt.provenance or {}
     ftype = DIRECT_QUANTS[quant][0]
-    w = gguf.GGUFWriter(str(path), arch="llama")
+    w = gguf.GGUFWriter(str(path), arch=gguf_arch(cfg))
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name or prov.get("name") or Path(ckpt.path).name)
     w.add_license(license or prov.get("license") or "mit")

@@ -42,7 +42,8 @@ def tiny_tokenizer():
     """A ~400-token byte-level BPE with vnmini's specials, trained on a few Vietnamese lines."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
+    from vnmini.text.specials import SPECIAL_TOKENS
+    from vnmini.text.tokenizer import VnTokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -204,8 +204,9 @@ def test_k_quant_on_odd_widths_uses_llama_cpp_fallback(tmp_path, tiny_tokenizer)
 def test_qwen2_pre_tokenizer_round_trip(tmp_path):
     from tokenizers import Tokenizer, decoders, models, trainers
 
-    from vnmini.text.tokenizer import SPECIAL_TOKENS, VnTokenizer
-    from vnmini.text.tokenizer_train import build_pre_tokenizer
+    from vnmini.text.pretokenizers import build_pre_tokenizer
+    from vnmini.text.specials import SPECIAL_TOKENS
+    from vnmini.text.tokenizer import VnTokenizer
 
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = build_pre_tokenizer("qwen2")
@@ -255,4 +256,4 @@ def test_trained_model_bpb_and_metadata(tmp_path, tiny_tokenizer):
     r = gguf.GGUFReader(str(res.path))
     assert r.fields["tokenizer.chat_template"].contents() == tok.chat_template
     assert r.fields["llama.attention.head_count_kv"].contents() == 2
-    assert r.fields["tokenizer.ggml.eot_token_id"].contents() == tok.im_end_id
+    assert r.fields["tokenizer.ggml.eot_token_id"].contents() == tok.eot_id

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from vnmini.errors import VnminiError
 from vnmini.text.normalization import ONSETS, RHYMES, TONES, normalize, place_tone
+from vnmini.text.pretokenizers import QWEN2_REGEX
 from vnmini.text.tokenizer import VnTokenizer
-from vnmini.text.tokenizer_train import QWEN2_REGEX, tokenizer_fertility, train_tokenizer
+from vnmini.text.tokenizer_train import tokenizer_fertility, train_tokenizer
 
 SAMPLE_PATH = __import__("vnmini.assets").assets.asset_path("vi_sample.txt")
 TEXT = SAMPLE_PATH.read_text(encoding="utf-8")

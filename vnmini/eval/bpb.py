@@ -64,13 +64,16 @@ def _documents(path_or_text: str | os.PathLike) -> list[str]:
 
 # ------------------------------------------------------------------- text
 def token_stream(gen: Generator, path_or_text: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, scored): ``<s> doc1 <s> doc2 ...`` and a mask of the positions that are scored (not BOS)."""
+    """(ids, scored): ``<s> doc1 <s> doc2 ...`` and a mask of the positions that are scored (not the separators).
+
+    The separator is the tokenizer's BOS, or its EOS when it has none (GPT-2/Qwen2 style).
+    """
     check_generator(gen)
     tok = gen.tokenizer
     ids: list[int] = []
     scored: list[bool] = []
     for doc in _documents(path_or_text):
-        d = tok.encode(doc, add_bos=True)
+        d = [tok.doc_sep_id, *tok.encode(doc)]
         ids += d
         scored += [False] + [True] * (len(d) - 1)
     return np.asarray(ids, dtype=np.int64), np.asarray(scored, dtype=bool)

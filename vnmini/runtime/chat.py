@@ -123,7 +123,8 @@ class ChatSession:
         if kw["seed"] is not None:
             kw["seed"] = kw["seed"] + self._turn_index
         self._turn_index += 1
-        events = self.generator.generate(ids, max_new_tokens=self.max_new_tokens, stop=["<|im_end|>"], **kw)
+        stop = list(self.generator.tokenizer.specials.eot)  # end-of-turn strings, in case they decode as text
+        events = self.generator.generate(ids, max_new_tokens=self.max_new_tokens, stop=stop, **kw)
         return self._stream(user_text, events)
 
     def _stream(self, user_text: str, events: Iterator[TokenEvent]) -> Iterator[TokenEvent]:

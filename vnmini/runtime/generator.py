@@ -196,6 +196,6 @@ class Generator(ABC):
         """
         tok = self._need_tokenizer()
         ids = tok.encode_chat(messages, add_generation_prompt=True)
-        kw.setdefault("stop", ["<|im_end|>"])
+        kw.setdefault("stop", list(tok.specials.eot))  # end-of-turn strings, in case they decode as text
         events = self.generate(ids, **kw)
         return events if stream else "".join(ev.text for ev in events)

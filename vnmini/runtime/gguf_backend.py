@@ -10,8 +10,12 @@ templating are vnmini's own (the base class), so they are the same on every
 backend.
 
 Tokenizer choice: a :class:`VnTokenizer` rebuilt from the GGUF's own
-``tokenizer.*`` metadata (:func:`vnmini.text.gguf_vocab.tokenizer_from_gguf`),
-not llama.cpp's tokenizer. The file is then self-contained (no checkpoint
+``tokenizer.*`` metadata (:func:`vnmini.text.gguf_vocab.tokenizer_from_gguf`)
+wherever vnmini can rebuild it exactly (byte-level BPE with a gpt-2, qwen2 or
+llama-bpe pre-tokenizer); any other GGUF llama.cpp opens (Gemma, Llama-2,
+Mistral...) runs on llama.cpp's own tokenizer behind the same interface
+(:class:`vnmini.text.llamacpp_tokenizer.LlamaCppTokenizer`), still with vnmini's
+normalization and the file's chat template. The file is then self-contained (no checkpoint
 folder needed) and text goes through exactly the code the torch backend uses —
 Vietnamese normalization, special-token parsing, the Jinja chat template,
 byte-exact incremental decoding — while the export's verification has already
@@ -53,6 +57,9 @@ def open_llama(path: str | Path, n_ctx: int, threads: int | None = None, f32_cac
         raise VnminiError(f"{path}: llama.cpp cannot load it ({e}); re-export the file.") from e
 
 
+DEFAULT_MAX_CTX = 4096
+
+
 class GGUFGenerator(Generator):
     """llama.cpp (llama-cpp-python) running a ``.gguf`` file."""
 
@@ -62,7 +69,8 @@ class GGUFGenerator(Generator):
                  f32_kv_cache: bool = False) -> None:
         import gguf
 
-        from vnmini.text.gguf_vocab import field_value, tokenizer_from_gguf
+        from vnmini.text.gguf_vocab import NotRebuildable, field_value, tokenizer_from_gguf
+        from vnmini.text.llamacpp_tokenizer import LlamaCppTokenizer
 
         path = Path(path)
         if not path.is_file():
@@ -72,14 +80,22 @@ class GGUFGenerator(Generator):
         except Exception as e:  # gguf raises ValueError/struct errors/IndexError on damaged files
             raise VnminiError(f"{path}: not a readable GGUF ({type(e).__name__}: {str(e)[:80]}); re-export it.") from e
         arch = field_value(reader, "general.architecture")
-        tokenizer = tokenizer_from_gguf(reader, source=str(path))
+        try:
+            tokenizer = tokenizer_from_gguf(reader, source=str(path))
+        except NotRebuildable:  # Gemma, Llama-2, ...: llama.cpp's own tokenizer, vnmini's normalization
+            tokenizer = None
+        template = field_value(reader, "tokenizer.chat_template") or ""
+        pre = field_value(reader, "tokenizer.ggml.pre")
         trained_ctx = int(field_value(reader, f"{arch}.context_length", 2048))
         del reader  # releases the memory map before llama.cpp maps the file itself
-        ctx = min(int(n_ctx), trained_ctx) if n_ctx else trained_ctx
+        # Gemma-3 trains at 32k: a KV cache that long costs ~GBs for no use here; ask for more with n_ctx.
+        ctx = min(int(n_ctx), trained_ctx) if n_ctx else min(trained_ctx, DEFAULT_MAX_CTX)
+        self.llm = open_llama(path, n_ctx=ctx, threads=threads, f32_cache=f32_kv_cache, logits_all=False)
+        if tokenizer is None:
+            tokenizer = LlamaCppTokenizer(self.llm, chat_template=template, pre_tokenizer_name=pre, source=str(path))
         super().__init__(tokenizer, ctx)
         self.path = path
         self.source = str(path)
-        self.llm = open_llama(path, n_ctx=ctx, threads=threads, f32_cache=f32_kv_cache, logits_all=False)
         self.n_vocab = self.llm.n_vocab()
 
     # ----------------------------------------------------------- primitives

@@ -1,9 +1,11 @@
 """Read the tokenizer stored in a GGUF back into a :class:`~vnmini.text.tokenizer.VnTokenizer`.
 
 Reading rebuilds a ``tokenizers.Tokenizer`` from the standard keys alone (tokens,
-types, merges, pre), so any ``gpt2``-model GGUF with a ``gpt-2`` or ``qwen2``
-pre-tokenizer opens; for vnmini files the rebuilt tokenizer's hash must equal
-the one recorded at export (``vnmini.tokenizer.hash``). Writing is
+types, merges, pre, special ids, add-BOS flag), so any ``gpt2``-model GGUF whose pre
+is ``gpt-2``, ``qwen2`` or ``llama-bpe`` opens (anything else raises
+:class:`NotRebuildable`: it runs on llama.cpp's own tokenizer); for vnmini files
+the rebuilt tokenizer's hash must equal the one recorded at export
+(``vnmini.tokenizer.hash``). Writing is
 :mod:`vnmini.export.gguf_tokenizer`.
 
     import gguf
@@ -19,11 +21,17 @@ import gguf
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
 from vnmini.errors import VnminiError
-from vnmini.text.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, VnTokenizer
+from vnmini.text.pretokenizers import PRE_TOKENIZERS
+from vnmini.text.specials import VNMINI_SPECIALS, Specials
+from vnmini.text.tokenizer import CHAT_TEMPLATE, VnTokenizer
 
 KEY_TOKENIZER_HASH = "vnmini.tokenizer.hash"
 KEY_TONE_STYLE = "vnmini.tokenizer.tone_style"
-SUPPORTED_PRE = ("gpt-2", "qwen2")
+SUPPORTED_PRE = PRE_TOKENIZERS  # the byte-level pre-tokenizers vnmini can rebuild exactly
+
+
+class NotRebuildable(VnminiError):
+    """The GGUF's tokenizer is not one vnmini rebuilds: use llama.cpp's own (``LlamaCppTokenizer``)."""
 
 
 def field_value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
@@ -36,14 +44,14 @@ def field_value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
 
 def tokenizer_from_gguf(reader: gguf.GGUFReader, source: str = "<gguf>") -> VnTokenizer:
     """Rebuild a :class:`VnTokenizer` from a GGUF's ``tokenizer.*`` keys."""
-    from vnmini.text.tokenizer_train import build_pre_tokenizer
+    from vnmini.text.pretokenizers import build_pre_tokenizer
 
     model = field_value(reader, "tokenizer.ggml.model")
     pre = field_value(reader, "tokenizer.ggml.pre", "default")
     if model != "gpt2" or pre not in SUPPORTED_PRE:
-        raise VnminiError(
-            f"{source}: tokenizer {model!r} with pre {pre!r}; vnmini opens byte-level BPE GGUFs with pre "
-            f"{' or '.join(SUPPORTED_PRE)} (export with `vnmini export gguf`)."
+        raise NotRebuildable(
+            f"{source}: tokenizer {model!r} with pre {pre!r}; vnmini rebuilds byte-level BPE GGUFs with pre "
+            f"{', '.join(SUPPORTED_PRE)} (others run on llama.cpp's own tokenizer)."
         )
     tokens: list[str] = field_value(reader, "tokenizer.ggml.tokens")
     types: list[int] = field_value(reader, "tokenizer.ggml.token_type")
@@ -52,7 +60,8 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, source: str = "<gguf>") -> VnTo
         raise VnminiError(f"{source}: tokenizer.ggml.tokens/token_type missing or inconsistent; re-export the file.")
     vocab = {t: i for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty != gguf.TokenType.UNUSED}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    hf = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    # llama.cpp's llama-bpe looks whole words up in the vocabulary before merging (as Llama-3's tokenizer.json does)
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre == "llama-bpe"))
     hf.pre_tokenizer = build_pre_tokenizer(pre)
     hf.decoder = decoders.ByteLevel()
     specials = [AddedToken(tokens[i], special=True, normalized=False)
@@ -63,16 +72,27 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, source: str = "<gguf>") -> VnTo
         hf.add_special_tokens(specials)
     if user:
         hf.add_tokens(user)
-    bos = field_value(reader, "tokenizer.ggml.bos_token_id")
-    eos = field_value(reader, "tokenizer.ggml.eos_token_id")
-    if bos is None or eos is None or tokens[bos] != BOS_TOKEN or tokens[eos] != EOS_TOKEN:
-        raise VnminiError(f"{source}: BOS/EOS tokens are not {BOS_TOKEN}/{EOS_TOKEN}; not a vnmini tokenizer.")
+    def token(key: str) -> str | None:
+        i = field_value(reader, key)
+        if i is None:
+            return None
+        if not 0 <= int(i) < len(tokens):
+            raise VnminiError(f"{source}: {key} = {i} is past the vocabulary of {len(tokens)}; the file is damaged.")
+        return tokens[int(i)]
+
+    eot = token("tokenizer.ggml.eot_token_id")
+    specials = Specials(bos=token("tokenizer.ggml.bos_token_id"), eos=token("tokenizer.ggml.eos_token_id"),
+                        pad=token("tokenizer.ggml.padding_token_id"), unk=token("tokenizer.ggml.unknown_token_id"),
+                        eot=(eot,) if eot else (),
+                        add_bos=bool(field_value(reader, "tokenizer.ggml.add_bos_token", False)))
     tok = VnTokenizer(
         hf,
-        chat_template=field_value(reader, "tokenizer.chat_template") or CHAT_TEMPLATE,
+        chat_template=field_value(reader, "tokenizer.chat_template") or (
+            CHAT_TEMPLATE if specials == VNMINI_SPECIALS else ""),
         pre_tokenizer_name=pre,
         tone_style=field_value(reader, KEY_TONE_STYLE, "new"),
         source=source,
+        specials=specials,
     )
     want = field_value(reader, KEY_TOKENIZER_HASH)
     if want is not None and want != tok.hash:

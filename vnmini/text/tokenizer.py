@@ -36,13 +36,18 @@ from vnmini.atomic import write_json, write_text
 from vnmini.errors import VnminiError
 from vnmini.text.chat_template import render_chat_template
 from vnmini.text.normalization import normalize
-
-BOS_TOKEN = "<s>"
-EOS_TOKEN = "</s>"
-PAD_TOKEN = "<pad>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IM_START, IM_END]
+from vnmini.text.pretokenizers import detect_pre_tokenizer
+from vnmini.text.specials import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    IM_END,
+    IM_START,
+    VNMINI_SPECIALS,
+    Specials,
+    read_chat_template,
+    read_config,
+    read_specials,
+)
 
 DEFAULT_SYSTEM_PROMPT = "Bạn là một trợ lý hữu ích, trả lời bằng tiếng Việt."
 
@@ -80,32 +85,55 @@ UNICODE_TO_BYTE = {c: b for b, c in BYTE_TO_UNICODE.items()}
 
 
 class VnTokenizer:
-    """Byte-level BPE + vnmini conventions. See module docstring."""
+    """A ``tokenizers.Tokenizer`` (vnmini's or anyone's) + roles, template, normalization."""
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         chat_template: str = CHAT_TEMPLATE,
-        pre_tokenizer_name: str = "gpt-2",
+        pre_tokenizer_name: str | None = "gpt-2",
         tone_style: str = "new",
         source: str = "<memory>",
+        specials: Specials = VNMINI_SPECIALS,
     ) -> None:
         self.hf = tokenizer
         self.chat_template = chat_template
+        # The llama.cpp pre-tokenizer this one equals, or None (then no GGUF can tokenize like it).
         self.pre_tokenizer_name = pre_tokenizer_name
         self.tone_style = tone_style
         self.source = source
+        self.specials = specials
         vocab = tokenizer.get_vocab(with_added_tokens=True)
-        missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if t not in vocab]
-        if missing:
-            raise VnminiError(
-                f"{source}: tokenizer lacks special tokens {missing}; train it with `vnmini tokenizer train`."
-            )
-        self.bos_id = vocab[BOS_TOKEN]
-        self.eos_id = vocab[EOS_TOKEN]
-        self.pad_id = vocab.get(PAD_TOKEN, self.eos_id)
-        self.im_start_id = vocab.get(IM_START)
-        self.im_end_id = vocab.get(IM_END)
+        if specials == VNMINI_SPECIALS:
+            missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if t not in vocab]
+            if missing:
+                raise VnminiError(
+                    f"{source}: tokenizer lacks special tokens {missing}; train it with `vnmini tokenizer train`."
+                )
+        if specials.eos is None:
+            raise VnminiError(f"{source}: the tokenizer names no eos_token; set eos_token in tokenizer_config.json.")
+        for role in ("bos", "eos", "pad", "unk"):
+            name = getattr(specials, role)
+            if name is not None and name not in vocab:
+                raise VnminiError(f"{source}: {role}_token {name!r} is not in the vocabulary; fix {role}_token "
+                                  "in tokenizer_config.json / special_tokens_map.json.")
+        n = len(vocab)
+        bad = [i for i in specials.extra_stop_ids if not 0 <= i < n]
+        if bad:
+            raise VnminiError(f"{source}: eos_token_id {bad[0]} (generation_config.json) is past the vocabulary "
+                              f"of {n}; fix generation_config.json.")
+        self.bos_id = vocab[specials.bos] if specials.bos else None
+        self.eos_id = vocab[specials.eos]
+        self.pad_id = vocab[specials.pad] if specials.pad else self.eos_id
+        self.eot_ids = [vocab[t] for t in specials.eot if t in vocab]
+        self.add_bos = specials.add_bos and self.bos_id is not None
+        # What separates documents in a token stream (shards, eval): BOS, or EOS for BOS-less tokenizers.
+        self.doc_sep_id = self.bos_id if self.bos_id is not None else self.eos_id
+
+    @property
+    def eot_id(self) -> int | None:
+        """The end-of-turn token (ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``...), if any."""
+        return self.eot_ids[0] if self.eot_ids else None
 
     # ----------------------------------------------------------------- basics
     @property
@@ -114,13 +142,14 @@ class VnTokenizer:
 
     @property
     def stop_ids(self) -> list[int]:
-        """Ids that end a generation: EOS and the end of a chat turn."""
-        return [i for i in (self.eos_id, self.im_end_id) if i is not None]
+        """Ids that end a generation: EOS, the end of a chat turn, generation_config's eos ids."""
+        return list(dict.fromkeys([self.eos_id, *self.eot_ids, *self.specials.extra_stop_ids]))
 
-    @property
+    @cached_property
     def special_ids(self) -> set[int]:
-        vocab = self.hf.get_vocab(with_added_tokens=True)
-        return {vocab[t] for t in SPECIAL_TOKENS if t in vocab}
+        """Control tokens: every added token marked special, and the named roles."""
+        ids = {i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        return ids | {i for i in (self.bos_id, self.eos_id, self.pad_id, *self.eot_ids) if i is not None}
 
     def normalize(self, text: str) -> str:
         return normalize(text, tone_style=self.tone_style)
@@ -128,7 +157,7 @@ class VnTokenizer:
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Normalize then tokenize. Special-token strings in ``text`` become their ids."""
         ids = self.hf.encode(self.normalize(text), add_special_tokens=False).ids
-        if add_bos:
+        if add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         if add_eos:
             ids = ids + [self.eos_id]
@@ -164,8 +193,8 @@ class VnTokenizer:
                 raise VnminiError(f"chat message {m!r}: each message needs 'role' and 'content'.")
         msgs = [{"role": m["role"], "content": self.normalize(str(m["content"]))} for m in messages]
         return render_chat_template(self.chat_template, self.source, self._template_fix(), messages=msgs,
-                                    add_generation_prompt=add_generation_prompt, bos_token=BOS_TOKEN,
-                                    eos_token=EOS_TOKEN)
+                                    add_generation_prompt=add_generation_prompt,
+                                    bos_token=self.specials.bos or "", eos_token=self.specials.eos or "")
 
     def _template_fix(self) -> str:
         if self.source.endswith(".gguf"):
@@ -178,29 +207,40 @@ class VnTokenizer:
 
     # ---------------------------------------------------------- bookkeeping
     @cached_property
+    def style(self) -> str:
+        """'byte-level' (GPT-2/Qwen2/Llama-3 BPE) or 'sentencepiece' (▁ for spaces, <0xNN> byte fallback)."""
+        spec = json.loads(self.hf.to_str())
+        if spec.get("model", {}).get("byte_fallback") or "Metaspace" in json.dumps(spec.get("pre_tokenizer")) \
+                or "\u2581" in json.dumps(spec.get("decoder"), ensure_ascii=True):
+            return "sentencepiece"
+        return "byte-level"
+
+    def _raw(self, tok: str) -> bytes:
+        """The bytes a (non-special) token stands for in text."""
+        if self.style == "sentencepiece":
+            if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+                return bytes([int(tok[3:5], 16)])
+            return tok.replace("\u2581", " ").encode("utf-8")
+        if all(ch in UNICODE_TO_BYTE for ch in tok):
+            return bytes(UNICODE_TO_BYTE[ch] for ch in tok)
+        return tok.encode("utf-8")  # an added non-byte-level token
+
+    @cached_property
     def token_bytes(self) -> np.ndarray:
         """UTF-8 byte count of each token id (0 for special tokens), for bits per byte."""
         out = np.zeros(self.vocab_size, dtype=np.int64)
         specials = self.special_ids
         for tok, idx in self.hf.get_vocab(with_added_tokens=True).items():
-            if idx in specials or idx >= len(out):
-                continue
-            if all(ch in UNICODE_TO_BYTE for ch in tok):
-                out[idx] = len(tok)
-            else:  # an added non-byte-level token: count its UTF-8 bytes
-                out[idx] = len(tok.encode("utf-8"))
+            if idx not in specials and idx < len(out):
+                out[idx] = len(self._raw(tok))
         return out
 
     def token_byte_strings(self) -> list[bytes]:
         """Raw bytes of every token (specials as their UTF-8 text), id order."""
-        vocab = self.hf.get_vocab(with_added_tokens=True)
         out = [b""] * self.vocab_size
         specials = self.special_ids
-        for tok, idx in vocab.items():
-            if idx in specials or not all(ch in UNICODE_TO_BYTE for ch in tok):
-                out[idx] = tok.encode("utf-8")
-            else:
-                out[idx] = bytes(UNICODE_TO_BYTE[ch] for ch in tok)
+        for tok, idx in self.hf.get_vocab(with_added_tokens=True).items():
+            out[idx] = tok.encode("utf-8") if idx in specials else self._raw(tok)
         return out
 
     @cached_property
@@ -222,25 +262,28 @@ class VnTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / "tokenizer.json", self.hf.to_str(pretty=False))
+        sp = self.specials
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": BOS_TOKEN,
-            "eos_token": EOS_TOKEN,
-            "pad_token": PAD_TOKEN,
-            "unk_token": None,
-            "add_bos_token": True,
+            "bos_token": sp.bos,
+            "eos_token": sp.eos,
+            "pad_token": sp.pad,
+            "unk_token": sp.unk,
+            "add_bos_token": self.add_bos,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000,
             "chat_template": self.chat_template,
             "vnmini_pre_tokenizer": self.pre_tokenizer_name,
             "vnmini_tone_style": self.tone_style,
+            "vnmini_eot_tokens": list(sp.eot),
         }
         write_json(folder / "tokenizer_config.json", config)
+        extra = [IM_START, IM_END] if sp == VNMINI_SPECIALS else list(sp.eot)
         write_json(
             folder / "special_tokens_map.json",
-            {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN,
-             "additional_special_tokens": [IM_START, IM_END]},
+            {k: v for k, v in (("bos_token", sp.bos), ("eos_token", sp.eos), ("pad_token", sp.pad),
+                               ("unk_token", sp.unk)) if v} | {"additional_special_tokens": extra},
         )
 
     @classmethod
@@ -255,25 +298,23 @@ class VnTokenizer:
         try:
             hf = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise VnminiError(f"{tok_file}: not a valid tokenizers JSON ({str(e)[:80]}); "
-                              "re-create it with `vnmini tokenizer train`.") from e
-        config: dict = {}
-        cfg_file = folder / "tokenizer_config.json"
-        if cfg_file.is_file():
-            try:
-                config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise VnminiError(f"{cfg_file}: invalid JSON ({e.msg}); fix or delete it.") from e
-        template = config.get("chat_template")
-        jinja_file = folder / "chat_template.jinja"  # transformers 5 layout
-        if not template and jinja_file.is_file():
-            template = jinja_file.read_text(encoding="utf-8")
-        if isinstance(template, list):  # HF allows [{"name":..., "template":...}]
-            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+            raise VnminiError(f"{tok_file}: not a valid tokenizers JSON ({str(e)[:80]}); restore it from the "
+                              "model's source or re-create it with `vnmini tokenizer train`.") from e
+        config = read_config(folder)
+        vnmini_made = "vnmini_pre_tokenizer" in config
+        template = read_chat_template(folder, config)
+        specials = read_specials(folder, hf, config)
+        if vnmini_made:
+            pre = config["vnmini_pre_tokenizer"]
+        elif specials == VNMINI_SPECIALS:  # a bare vnmini tokenizer.json: trained with a known pre
+            pre = detect_pre_tokenizer(hf) or "gpt-2"
+        else:  # someone else's: find its llama.cpp twin by behaviour (None if it has none)
+            pre = detect_pre_tokenizer(hf)
         return cls(
             hf,
-            chat_template=template or CHAT_TEMPLATE,
-            pre_tokenizer_name=config.get("vnmini_pre_tokenizer", "gpt-2"),
+            chat_template=template or (CHAT_TEMPLATE if specials == VNMINI_SPECIALS else ""),
+            pre_tokenizer_name=pre,
             tone_style=config.get("vnmini_tone_style", "new"),
             source=str(tok_file),
+            specials=specials,
         )

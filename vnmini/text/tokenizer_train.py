@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from vnmini.data.corpus import ALL_SUFFIXES, CorpusStats, read_documents, split_text
 from vnmini.errors import VnminiError
@@ -61,36 +61,16 @@ from vnmini.text.normalization import (
     parse_syllable,
     syllables,
 )
-from vnmini.text.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, UNICODE_TO_BYTE, VnTokenizer
+from vnmini.text.pretokenizers import build_pre_tokenizer
+from vnmini.text.specials import SPECIAL_TOKENS
+from vnmini.text.tokenizer import CHAT_TEMPLATE, UNICODE_TO_BYTE, VnTokenizer
 
+# What `tokenizer train --pre` offers: not llama-bpe, whose llama.cpp tokenizer ignores merges (see DESIGN).
 PRE_TOKENIZERS = ("gpt-2", "qwen2")
 DEFAULT_VOCAB_SIZE = 16384
 DEFAULT_PRE = "qwen2"  # measured better than gpt-2 off-domain (punctuation + newline merge); see module doc
 DEFAULT_SEED_WEIGHT = 0.5
 _STOPS = ("p", "t", "c", "ch")
-
-# llama.cpp src/llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_GPT2 (what ByteLevel(use_regex=True) runs).
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-# llama.cpp src/llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_QWEN2, verbatim.
-QWEN2_REGEX = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-def build_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
-    """The Hugging Face pre-tokenizer that matches llama.cpp's pre-tokenizer named ``pre``."""
-    if pre == "gpt-2":
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre == "qwen2":
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    raise VnminiError(f"--pre {pre!r}: llama.cpp knows these pre-tokenizers by name: {', '.join(PRE_TOKENIZERS)}.")
-
 
 def new_bpe(pre: str = "gpt-2") -> Tokenizer:
     """An empty byte-level BPE with vnmini's pre-tokenizer and decoder (no normalizer, no post-processor)."""
@@ -181,7 +161,7 @@ def train_tokenizer(
     ``<|im_end|>``); the 256 byte tokens follow, so no input is ever unknown.
     """
     if pre not in PRE_TOKENIZERS:
-        build_pre_tokenizer(pre)  # raises the one-line error
+        raise VnminiError(f"--pre {pre!r}: choose one of {', '.join(PRE_TOKENIZERS)} (llama.cpp knows both by name).")
     minimum = len(SPECIAL_TOKENS) + 256 + 1
     if vocab_size < minimum:
         raise VnminiError(f"--vocab-size {vocab_size}: must be at least {minimum} (specials + 256 bytes + 1 merge).")
