@@ -20,8 +20,9 @@ Output JSONL, one line per (prompt, sample):
 The teacher may be anything :func:`vnmini.load` opens (checkpoint, ``.gguf``, ONNX
 folder) -- tokenizers may differ from the student's, which is the point of
 sequence-level distillation. A GGUF whose tokenizer vnmini can't rebuild (e.g. a
-SentencePiece Gemma) runs on llama.cpp's own tokenizer, sampler and chat template
-(:class:`LlamaCppTeacher`). Prompts are normalized (NFC, tone style) like every input.
+SentencePiece Gemma) runs on llama.cpp's own tokenizer (with vnmini's sampler, the
+file's chat template and vnmini's normalization, as every backend). Prompts are
+normalized (NFC, tone style) like every input.
 
 Resumable: lines go to ``OUT.partial`` as they are made (sample i uses seed
 ``seed + i``, so a rerun continues with the same draws) and the file is renamed to
@@ -76,65 +77,15 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     return items
 
 
-class LlamaCppTeacher:
-    """A GGUF on llama.cpp's own tokenizer, sampler and chat template (for foreign tokenizers)."""
-
-    backend = "llama.cpp"
-
-    def __init__(self, path: str | Path, threads: int | None = None, n_ctx: int = 2048) -> None:
-        from llama_cpp import Llama
-
-        try:
-            self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=threads or max(1, min(4, os.cpu_count() or 1)),
-                             verbose=False)
-        except (ValueError, RuntimeError) as e:
-            raise VnminiError(f"{path}: llama.cpp cannot load it ({e}); check the file.") from e
-
-        self.source = str(path)
-
-    def _check_finite(self) -> None:
-        """NaN/inf in the last logits llama.cpp computed: a corrupt file whose samples would be garbage.
-
-        Checked after each completion, not in a logits processor: llama-cpp-python runs those as a
-        ctypes callback, where an exception is printed and ignored rather than raised."""
-        import numpy as np
-        from llama_cpp import llama_get_logits_ith
-
-        from vnmini.runtime.generator import check_logits
-
-        ptr = llama_get_logits_ith(self.llm._ctx.ctx, -1)
-        if ptr:
-            check_logits(np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)), self.source)
-
-    @staticmethod
-    def _kw(kw: dict[str, Any]) -> dict[str, Any]:
-        return {"max_tokens": kw["max_new_tokens"], "temperature": kw["temperature"], "top_k": kw["top_k"],
-                "top_p": kw["top_p"], "repeat_penalty": kw["repetition_penalty"], "seed": kw["seed"]}
-
-    def complete(self, prompt: str, **kw: Any) -> str:
-        text = self.llm.create_completion(prompt, **self._kw(kw))["choices"][0]["text"]
-        self._check_finite()
-        return text
-
-    def chat(self, messages: list[dict[str, str]], **kw: Any) -> str:
-        out = self.llm.create_chat_completion(messages=messages, **self._kw(kw))
-        self._check_finite()
-        return out["choices"][0]["message"]["content"] or ""
-
-
 def open_teacher(path: str | Path, backend: str | None = None, device: str = "cpu", threads: int | None = None):
-    """A text generator for ``path``: :func:`vnmini.load`, or llama.cpp's own for foreign GGUFs."""
-    from vnmini.runtime.loader import detect_backend, load
+    """A text generator for ``path`` (:func:`vnmini.load`: any checkpoint, ONNX folder or GGUF llama.cpp opens).
 
-    kind = backend or detect_backend(path)
-    if kind == "llama.cpp":
-        return LlamaCppTeacher(path, threads)
-    try:
-        return load(path, backend=kind, device=device, threads=threads)
-    except VnminiError as e:
-        if kind == "gguf" and "tokenizer" in str(e):
-            return LlamaCppTeacher(path, threads)
-        raise
+    ``backend="llama.cpp"`` is a synonym of ``gguf``. A GGUF whose tokenizer vnmini can't rebuild runs on
+    llama.cpp's own tokenizer; sampling, normalization and the chat template are vnmini's, as for any model.
+    """
+    from vnmini.runtime.loader import load
+
+    return load(path, backend="gguf" if backend == "llama.cpp" else backend, device=device, threads=threads)
 
 
 def _count_lines(partial: Path) -> int:
@@ -228,4 +179,4 @@ def teacher_generate(
             "elapsed_s": time.perf_counter() - t0, "backend": getattr(gen, "backend", "?")}
 
 
-__all__ = ["teacher_generate", "read_prompts", "open_teacher", "LlamaCppTeacher"]
+__all__ = ["teacher_generate", "read_prompts", "open_teacher"]
