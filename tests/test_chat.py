@@ -112,9 +112,12 @@ def _chat_proc(ckpt, *args, slow_s: float = 0.0):
     code = (
         "import sys, time\n"
         "from vnmini.runtime.torch_backend import TorchGenerator\n"
+        "from vnmini.text.tokenizer import VnTokenizer\n"
         f"if {slow_s} > 0:\n"
         "    orig = TorchGenerator._feed\n"
         f"    TorchGenerator._feed = lambda self, ids: (time.sleep({slow_s}), orig(self, ids))[1]\n"
+        # A random model may sample EOS at any step; the answer must still be running when Ctrl-C lands.
+        "    VnTokenizer.stop_ids = property(lambda self: [])\n"
         "from vnmini.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
