@@ -33,7 +33,7 @@ def distill(
     teacher_device: str = _O(None, "--teacher-device", help="Device of an online teacher (default: the student's)."),
     alpha: float = _O(0.5, "--alpha", help="loss = alpha·KD + (1 − alpha)·CE."),
     kd: str = _O("forward", "--kd", help="Divergence: forward (KL(p‖q)), reverse (KL(q‖p)) or skew (DistiLLM)."),
-    temperature: float = _O(None, "--temperature", help="Softmax temperature τ (loss × τ²). [1, or the cache's]"),
+    temperature: float = _O(None, "--temperature", help="Softmax temperature τ (loss × τ²). (default: 1, or the cache's)"),
     skew_lambda: float = _O(0.1, "--skew-lambda", help="Skew KL mixing λ: KL(p ‖ λp + (1 − λ)q)."),
     data: Path = _O(None, "--data", "-d", help="Token shard folder (the teacher's tokenizer)."),
     config: Path = _O(None, "--config", "-c", help="TOML file of TrainConfig fields (flags override it)."),

@@ -259,3 +259,16 @@ def test_cli_train_bad_input(cli, tmp_path, shards):
     assert code == 2 and "--preset" in err
     code, _, err = cli("train", "--data", shards, "--tokenizer", tmp_path, "--out", tmp_path / "r")
     assert code == 2 and "tokenizer.json" in err
+
+
+def test_flag_help_shows_the_trainconfig_defaults(cli, monkeypatch):
+    """Defaults in --help come from TrainConfig (one source), and survive typer's rich markup."""
+    from vnmini.training.config import SFT_DEFAULTS, TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "400")  # one help line per flag
+
+    code, out, _ = cli("train", "--help")
+    flat = " ".join(out.split())
+    assert code == 0 and f"(default: {TrainConfig.schedule})" in flat and f"(default: {TrainConfig.lr})" in flat
+    code, out, _ = cli("sft", "--help")
+    assert code == 0 and f"(default: {SFT_DEFAULTS['lr']})" in " ".join(out.split())

@@ -141,9 +141,10 @@ def field_help(name: str, base: dict[str, Any] | None = None) -> str:
     """The ``--help`` text of TrainConfig field ``name``, ending in its default (``base`` wins)."""
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
     default = (base or {}).get(name, f.default)
+    # "(default: x)", not "[x]": typer renders help as rich markup, where "[cosine]" is a style tag and vanishes.
     if default is None or default == "" or isinstance(default, bool):
-        return f.metadata["help"] + (" [on]" if default is True else "")
-    return f"{f.metadata['help']} [{default}]"
+        return f.metadata["help"] + (" (default: on)" if default is True else "")
+    return f"{f.metadata['help']} (default: {default})"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
