@@ -171,3 +171,13 @@ def test_bad_foreign_folders_are_one_line(case, fix, tmp_path, cli):
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]  # (transformers' save progress is above)
     assert code == 2 and len(errors) == 1 and fix in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_every_quant_of_a_foreign_qwen2_folder_passes_verify(tmp_path):
+    from vnmini.export import to_gguf
+    from vnmini.export.gguf_writer import GGUF_QUANTS
+
+    save_foreign(tmp_path / "src", "qwen2", "qwen2")
+    for quant in GGUF_QUANTS:
+        res = to_gguf(tmp_path / "src", tmp_path / f"m-{quant}.gguf", quant=quant)
+        assert res.passed and res.verify["tokenization"]["equal"] and res.verify["chat"]["equal"], res.verify
