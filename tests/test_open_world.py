@@ -181,3 +181,57 @@ def test_every_quant_of_a_foreign_qwen2_folder_passes_verify(tmp_path):
     for quant in GGUF_QUANTS:
         res = to_gguf(tmp_path / "src", tmp_path / f"m-{quant}.gguf", quant=quant)
         assert res.passed and res.verify["tokenization"]["equal"] and res.verify["chat"]["equal"], res.verify
+
+
+def spm_style_tokenizer() -> Tokenizer:
+    """A Llama-2-style tokenizer.json: BPE over ``▁``-joined text with byte fallback (<0xNN> tokens)."""
+    from tokenizers import normalizers
+
+    norm = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    base = Tokenizer(models.BPE(unk_token="<unk>"))
+    base.normalizer = norm
+    base.train_from_iterator([VI_SAMPLE] * 4, trainer=trainers.BpeTrainer(
+        vocab_size=380, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    spec = json.loads(base.to_str())["model"]
+    vocab = dict(spec["vocab"])
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = norm
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return tok
+
+
+def test_sentencepiece_style_folder_loads_exports_onnx_and_is_refused_for_gguf(tmp_path, cli):
+    import transformers
+
+    from vnmini.text.normalization import normalize
+    from vnmini.text.tokenizer import VnTokenizer
+
+    src = tmp_path / "src"
+    hf = spm_style_tokenizer()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+    fast.save_pretrained(src)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=hf.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(src)
+    ours, ref = VnTokenizer.load(src), transformers.AutoTokenizer.from_pretrained(src)
+    assert ours.style == "sentencepiece" and ours.add_bos and ours.pre_tokenizer_name is None
+    for line in [*VI_SAMPLE.splitlines(), "chữ lạ ☃ ₫ 😀"]:  # ☃, ₫, 😀 are not in the vocab: byte fallback
+        text = normalize(line)
+        ids = ours.encode(text, add_bos=True)
+        assert ids == ref(text)["input_ids"], text
+        # bytes counted per token cover the text (+1 for the ▁ SentencePiece puts in front)
+        assert int(ours.token_bytes[ids].sum()) == len(text.encode()) + 1
+    code, _, err = cli("export", "gguf", src, "-o", tmp_path / "m.gguf")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "SentencePiece-style" in errors[0] and not (tmp_path / "m.gguf").exists()
+    code, stdout, err = cli("export", "onnx", src, "-o", tmp_path / "onnx")
+    assert code == 0 and json.loads((tmp_path / "onnx" / "verify.json").read_text())["passed"], err + stdout
