@@ -57,7 +57,8 @@ def export_gguf(
         typer.echo(
             f"verify: {'PASSED' if v['passed'] else 'FAILED'} — "
             f"tokenization {'ok' if v['tokenization']['equal'] else 'DIFFERS'}, "
-            f"chat {'ok' if v['chat']['equal'] else 'DIFFERS'}, logits max rel err {lg['max_rel_err']:.1e}, "
+            f"chat {'skipped' if v['chat'].get('skipped') else 'ok' if v['chat']['equal'] else 'DIFFERS'}, "
+            f"logits max rel err {lg['max_rel_err']:.1e}, "
             f"top-1 {lg['top1_agreement']:.3f}, bpb {q['bpb_torch']:.4f} → {q['bpb_gguf']:.4f} "
             f"({100 * q['dbpb_rel']:+.2f} %)"
         )

@@ -115,7 +115,14 @@ def check_tokenization(llm, tok, samples: list[str]) -> dict[str, Any]:
 
 
 def check_chat(llm, tok, messages: list[dict] = CHAT_PROBE) -> dict[str, Any]:
-    """Prompt ids of llama-cpp-python's chat completion (embedded template) vs ours."""
+    """Prompt ids of llama-cpp-python's chat completion (embedded template) vs ours.
+
+    A base model without a chat template has nothing to compare (llama-cpp-python would
+    fall back to a format of its own): reported as skipped, not as a difference.
+    """
+    if not tok.chat_template:
+        return {"chat_format": None, "equal": True, "skipped": "the source has no chat template",
+                "prompt_tokens": 0, "first_diff": None}
     norm = [{"role": m["role"], "content": tok.normalize(m["content"])} for m in messages]
     ours = tok.encode_chat(norm, add_generation_prompt=True)
     seen: list[list[int]] = []
@@ -253,7 +260,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"| KL(torch‖gguf) mean | {lg['kl_mean']:.2e} nats/position | |",
         f"| bits per byte torch → gguf | {q['bpb_torch']:.4f} → {q['bpb_gguf']:.4f} "
         f"(Δ {100 * q['dbpb_rel']:+.3f} %{tgt}) on {q['bytes']} bytes | {ok(q['target_met'])} |",
-        f"| chat prompt ids ({c['chat_format']}) | {c['prompt_tokens']} ids | {ok(c['equal'])} |",
+        (f"| chat prompt ids | skipped: {c['skipped']} | — |" if c.get("skipped") else
+         f"| chat prompt ids ({c['chat_format']}) | {c['prompt_tokens']} ids | {ok(c['equal'])} |"),
         f"| finite | non-finite logits: torch {nf['torch']}, gguf {nf['gguf']} of {nf['values']}; "
         f"NaN numbers: {', '.join(nf['numbers']) or 'none'} | {ok(r['checks']['finite'])} |",
     ]
