@@ -24,9 +24,13 @@ LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['r
 
 # style -> (pre-tokenizer, specials, bos, eos, pad, chat template, BOS added by a post-processor)
 STYLES = {
-    "smollm": (pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-               ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|endoftext|>", "<|endoftext|>",
-               "<|endoftext|>", CHATML, False),
+    "gpt2": (pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+             ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|endoftext|>", "<|endoftext|>",
+             "<|endoftext|>", CHATML, False),
+    "smollm": (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+               ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>",
+               "<|im_end|>", CHATML, False),
     "qwen2": (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_REGEX.replace(
         "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])", "(?i:'s|'t|'re|'ve|'m|'ll|'d)")),
         behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
@@ -36,7 +40,7 @@ STYLES = {
                ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                "<|begin_of_text|>", "<|end_of_text|>", None, LLAMA3, True),
 }
-TWIN = {"smollm": "gpt-2", "qwen2": "qwen2", "llama3": "llama-bpe"}
+TWIN = {"gpt2": "gpt-2", "smollm": "starcoder", "qwen2": "qwen2", "llama3": "llama-bpe"}
 
 
 def foreign_tokenizer(style: str, vocab_size: int = 420) -> Tokenizer:
@@ -103,7 +107,8 @@ def test_foreign_tokenizer_loads_like_transformers(style, tmp_path):
     assert stop in ours.stop_ids
 
 
-@pytest.mark.parametrize("style, arch", [("smollm", "llama"), ("qwen2", "qwen2"), ("llama3", "mistral")])
+@pytest.mark.parametrize("style, arch", [("gpt2", "llama"), ("smollm", "llama"), ("qwen2", "qwen2"),
+                                         ("llama3", "mistral")])
 def test_foreign_folder_exports_gguf_and_onnx_with_passing_verify(style, arch, tmp_path, cli):
     from vnmini.checkpoint import load_checkpoint
     from vnmini.runtime.loader import load

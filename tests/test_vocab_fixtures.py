@@ -45,7 +45,7 @@ def _llama(path):
     return Llama(str(path), vocab_only=True, verbose=False)
 
 
-@pytest.mark.parametrize("name", ["gpt-2", "llama-bpe", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt-2", "llama-bpe", "qwen2", "starcoder"])
 def test_rebuilt_tokenizer_equals_llama_cpp(vocab_dir, name):
     import gguf
 

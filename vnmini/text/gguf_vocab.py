@@ -2,7 +2,7 @@
 
 Reading rebuilds a ``tokenizers.Tokenizer`` from the standard keys alone (tokens,
 types, merges, pre, special ids, add-BOS flag), so any ``gpt2``-model GGUF whose pre
-is ``gpt-2``, ``qwen2`` or ``llama-bpe`` opens (anything else raises
+is ``gpt-2``, ``qwen2``, ``llama-bpe`` or ``starcoder`` opens (anything else raises
 :class:`NotRebuildable`: it runs on llama.cpp's own tokenizer); for vnmini files
 the rebuilt tokenizer's hash must equal the one recorded at export
 (``vnmini.tokenizer.hash``). Writing is

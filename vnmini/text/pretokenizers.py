@@ -9,7 +9,7 @@ digit runs, contractions, newlines, whitespace runs, Vietnamese, emoji), never b
 model's name.
 
     build_pre_tokenizer("qwen2")              # the HF pre-tokenizer equal to llama.cpp's qwen2
-    detect_pre_tokenizer(hf_tokenizer)        # 'llama-bpe', 'qwen2', 'gpt-2' or None
+    detect_pre_tokenizer(hf_tokenizer)        # 'llama-bpe', 'qwen2', 'gpt-2', 'starcoder' or None
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ LLAMA3_REGEX = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS = ("gpt-2", "qwen2", "llama-bpe")
+# "starcoder" (also SmolLM's, under the name "smollm"): single digits split off first, then GPT-2's regex.
+PRE_TOKENIZERS = ("gpt-2", "qwen2", "llama-bpe", "starcoder")
 
 # Strings whose splits differ between every pair above (and from most other regexes).
 PROBES = (
@@ -46,6 +47,9 @@ def build_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     """The Hugging Face pre-tokenizer that matches llama.cpp's pre-tokenizer named ``pre``."""
     if pre == "gpt-2":
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre == "starcoder":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     regex = {"qwen2": QWEN2_REGEX, "llama-bpe": LLAMA3_REGEX}.get(pre)
     if regex is None:
         raise VnminiError(f"--pre {pre!r}: llama.cpp knows these pre-tokenizers by name: {', '.join(PRE_TOKENIZERS)}.")
