@@ -1,12 +1,15 @@
 """The tokenizer as every other part of vnmini sees it.
 
-:class:`VnTokenizer` wraps a Hugging Face ``tokenizers.Tokenizer`` (byte-level
-BPE) with what vnmini needs around it: Vietnamese normalization before every
-encode, the special-token ids, the ChatML chat template (Jinja, the same string
-that goes into ``tokenizer_config.json`` and the GGUF), the name of the
-llama.cpp pre-tokenizer it was trained for, a content hash used to refuse shard
-sets or teachers made with another tokenizer, and per-token UTF-8 byte lengths
-for bits-per-byte.
+:class:`VnTokenizer` wraps a Hugging Face ``tokenizers.Tokenizer`` — vnmini's own
+byte-level BPE or anyone's (GPT-2/Qwen2/Llama-3-style byte-level, or SentencePiece-style
+``▁`` + byte fallback) — with what vnmini needs around it: Vietnamese normalization
+before every encode, the roles of its special tokens and its BOS rule as its own files
+say (:mod:`vnmini.text.specials`), its chat template (the same string that goes into
+``tokenizer_config.json`` and the GGUF), the llama.cpp pre-tokenizer that splits like it
+(or None), a content hash used to refuse shard sets or teachers made with another
+tokenizer, and per-token UTF-8 byte counts for bits-per-byte. A GGUF vnmini can't
+rebuild runs on :class:`vnmini.text.llamacpp_tokenizer.LlamaCppTokenizer`, which has
+the same interface.
 
     tok = VnTokenizer.load("ckpt/")            # or a tokenizer.json file
     ids = tok.encode("Xin chào", add_bos=True)
