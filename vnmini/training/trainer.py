@@ -414,6 +414,7 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             kind = path_kind(self.run_dir)
+            self._fresh_dir = kind in ("missing", "empty-folder")
             if kind not in ("missing", "empty-folder", "run"):
                 raise VnminiError(f"--out {self.run_dir}: is {describe_kind(kind)}, not a training run folder; "
                                   "choose another --out.")
@@ -432,7 +433,7 @@ class Trainer:
         if found is not None:
             self._load(found)
             self._log(f"resumed from {found} at step {self.step}")
-        elif cfg.resume:
+        elif cfg.resume and not getattr(self, "_fresh_dir", False):  # worth saying only about a used folder
             self._log(f"--resume: no checkpoint in {self.run_dir}; starting from step 0")
         if self.is_main:  # the log restarts where the checkpoint was taken
             keep = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= self.step]
