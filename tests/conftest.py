@@ -105,6 +105,18 @@ def law_corpus():
     return build
 
 
+def save_random_teacher(folder, tok, hidden: int = 48, layers: int = 2, heads: int = 4, kv_heads: int = 2):
+    """A seeded random Llama checkpoint saved with ``tok`` (a teacher for distillation tests)."""
+    from vnmini.checkpoint import save_checkpoint
+    from vnmini.models import LlamaForCausalLM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=64)
+    torch.manual_seed(0)
+    return save_checkpoint(LlamaForCausalLM(cfg), folder, tokenizer=tok)
+
+
 def read_until(proc: subprocess.Popen, marker: bytes, buf: bytes = b"", timeout: float = 60.0) -> bytes:
     """Read ``proc.stdout`` until ``marker`` appears; fail (never block) after ``timeout`` s or if it exits.
 

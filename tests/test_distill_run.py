@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
+from conftest import save_random_teacher
 from safetensors.numpy import load_file
 
 from vnmini.errors import VnminiError
@@ -21,15 +21,8 @@ T = 16
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, law_corpus):
-    from vnmini.checkpoint import save_checkpoint
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     d = tmp_path_factory.mktemp("dr")
-    tok = law_corpus(d)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    save_checkpoint(LlamaForCausalLM(cfg), d / "teacher", tokenizer=tok)
+    save_random_teacher(d / "teacher", law_corpus(d))
     write_teacher_cache(d / "teacher", d / "shards", d / "cache", k=8, seq_len=T, temperature=2.0, device="cpu",
                         progress=False, windows_per_part=16)
     return d

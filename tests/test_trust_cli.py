@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VI_SAMPLE
+from conftest import VI_SAMPLE, save_random_teacher
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -48,14 +48,8 @@ def _train_args(law, out, steps, **kw):
 @pytest.fixture(scope="module")
 def law(tmp_path_factory, law_corpus):
     """Shards + tokenizer, and a random teacher checkpoint saved with that tokenizer."""
-    from vnmini.checkpoint import save_checkpoint
-    from vnmini.models import LlamaForCausalLM, ModelConfig
-
     d = tmp_path_factory.mktemp("law")
-    tok = law_corpus(d)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    save_checkpoint(LlamaForCausalLM(cfg), d / "teacher", tokenizer=tok)
+    save_random_teacher(d / "teacher", law_corpus(d), hidden=32, layers=1, heads=2, kv_heads=1)
     return d
 
 
