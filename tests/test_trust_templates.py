@@ -148,3 +148,17 @@ def test_long_but_legitimate_content_renders(tiny_tokenizer):
     big = "Điều 1. " * 50_000  # 400k characters, under the cap
     out = tok.apply_chat_template([{"role": "user", "content": big}])
     assert len(out) > 400_000
+
+
+def test_export_with_a_failing_template_leaves_nothing(tiny_checkpoint, tmp_path, cli):
+    """The GGUF is verified (chat prompt included) under its temp name: a failing template never lands."""
+    cfg_file = tiny_checkpoint / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    cfg["chat_template"] = "{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}"
+    cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = cli("export", "gguf", tiny_checkpoint, "-o", out / "m.gguf", "--quant", "f32")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "chat template failed to render" in errors[0], err
+    assert sorted(p.name for p in out.iterdir()) == []
