@@ -7,7 +7,6 @@ listed in :data:`COMMAND_MODULES`. :func:`main` turns a
 
 from __future__ import annotations
 
-import errno
 import importlib
 import sys
 from pathlib import Path
@@ -90,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*_ABORTS, KeyboardInterrupt):  # typer >= 0.29 turns Ctrl-C into Exit(130) itself
         code = 130
     except OSError as e:
-        from vnmini.atomic import write_error
+        from vnmini.atomic import WRITE_ERRNOS, write_error
 
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG):
+        if e.errno not in WRITE_ERRNOS:
             raise
         typer.echo(f"error: {write_error(Path(e.filename or '?'), e)}", err=True)
         code = 2

@@ -276,10 +276,15 @@ def report_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_paths(gguf_path: str | Path) -> list[Path]:
+    """Where the report of ``gguf_path`` lives: ``<stem>.verify.md`` and ``<stem>.verify.json`` beside it."""
+    p = Path(gguf_path)
+    return [p.with_suffix(".verify.md"), p.with_suffix(".verify.json")]
+
+
 def write_report(report: dict[str, Any], gguf_path: str | Path) -> list[Path]:
     """``<stem>.verify.md`` and ``<stem>.verify.json`` beside the GGUF (atomic)."""
-    p = Path(gguf_path)
-    md, js = p.with_suffix(".verify.md"), p.with_suffix(".verify.json")
+    md, js = report_paths(gguf_path)
     write_text(md, report_markdown(report))
     write_json(js, report)
     return [md, js]

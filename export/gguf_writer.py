@@ -337,9 +337,9 @@ def to_gguf(
     output = _check_output(Path(output), force)
     verify_text = read_verify_text(verify_text) if verify else None  # a bad --verify-text fails before writing
     ckpt = _load(checkpoint)
-    from vnmini.export.gguf_verify import verify_gguf, write_report
+    from vnmini.export.gguf_verify import report_paths, verify_gguf, write_report
 
-    for stale in _report_paths(output):  # the old file's report must not outlive it
+    for stale in report_paths(output):  # the old file's report must not outlive it
         stale.unlink(missing_ok=True)
     report = None
     with atomic_path(output) as tmp:
@@ -371,11 +371,6 @@ def to_gguf(
         result.verify = report
         result.report_paths = write_report(report, output)
     return result
-
-
-def _report_paths(gguf_path: Path) -> list[Path]:
-    """Where :func:`vnmini.export.gguf_verify.write_report` puts the report of ``gguf_path``."""
-    return [gguf_path.with_suffix(".verify.md"), gguf_path.with_suffix(".verify.json")]
 
 
 def _failed_checks(report: dict[str, Any]) -> str:

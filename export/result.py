@@ -19,6 +19,7 @@ from typing import Any
 
 from vnmini.assets import SAMPLE_TEXT, asset_text
 from vnmini.errors import VnminiError
+from vnmini.paths import names_existing_path
 
 
 @dataclass
@@ -43,7 +44,7 @@ def read_verify_text(text: str | os.PathLike | None) -> str:
     """The held-out text a verify report scores (see the module docstring)."""
     if text is None:
         return asset_text(SAMPLE_TEXT)
-    as_path = isinstance(text, os.PathLike) or ("\n" not in text and len(text) < 4096 and Path(text).is_file())
+    as_path = names_existing_path(text) and (isinstance(text, os.PathLike) or Path(text).is_file())
     if not as_path:
         if not text.strip():
             raise VnminiError("--verify-text: the text is empty; pass a UTF-8 .txt file or some text.")

@@ -35,7 +35,7 @@ from typing import Any
 from vnmini.errors import VnminiError
 
 # errnos that mean "the disk or the folder can't take it", not a bug
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def _read_umask() -> int:
@@ -95,7 +95,7 @@ def _write_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in _WRITE_ERRNOS:
+        if e.errno in WRITE_ERRNOS:
             raise write_error(path, e) from e
         raise
 

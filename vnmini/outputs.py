@@ -33,7 +33,7 @@ def check_output(path: str | os.PathLike, kind: str | tuple[str, ...], force: bo
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     have = path_kind(path)
-    if have in ("missing", "empty-folder") and not (have == "empty-folder" and _writes_file(kinds)):
+    if have == "missing" or (have == "empty-folder" and not _writes_file(kinds)):  # a folder verb may fill it
         return have
     what = describe_kind(have)
     if have not in kinds:

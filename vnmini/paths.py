@@ -17,13 +17,12 @@ name alone, so ``--force`` can promise to replace only an output of the same kin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
 SHARDS_FORMAT = "vnmini-shards/1"
 CACHE_FORMAT = "vnmini-teacher-cache/1"
-KINDS = ("missing", "gguf", "onnx", "checkpoint", "run", "shards", "teacher-cache", "tokenizer", "corpus",
-         "bench", "quickstart", "empty-folder", "folder", "file")
 
 # what a training run folder holds (sequence-level distillation keeps its teacher-text shards in it)
 RUN_MARKERS = ("metrics.jsonl", ".vnmini.lock", "final", "teacher_text_shards")
@@ -35,6 +34,7 @@ _DESCRIBE = {
     "bench": "a bench results folder", "quickstart": "a quickstart run folder", "empty-folder": "an empty folder",
     "folder": "a folder", "file": "a file", "missing": "nothing",
 }
+KINDS = tuple(_DESCRIBE)  # every answer path_kind gives
 
 
 def _manifest(folder: Path) -> dict:
@@ -89,6 +89,13 @@ def path_kind(path: str | Path) -> str:
     except StopIteration:
         return "empty-folder"
     return "folder"
+
+
+def names_existing_path(value: str | os.PathLike) -> bool:
+    """A PathLike, or a one-line string short enough to be a path that exists (else it is text itself)."""
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and "\n" not in value and len(value) < 4096 and os.path.exists(value)
 
 
 def describe_kind(kind: str) -> str:

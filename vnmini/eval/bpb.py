@@ -33,6 +33,7 @@ import numpy as np
 
 from vnmini.errors import VnminiError
 from vnmini.metrics import BpbMeter
+from vnmini.paths import names_existing_path
 from vnmini.progress import progress_bar
 from vnmini.runtime.generator import Generator, check_logits
 
@@ -46,10 +47,7 @@ def check_generator(gen: Generator) -> None:
 
 
 def _documents(path_or_text: str | os.PathLike) -> list[str]:
-    if isinstance(path_or_text, os.PathLike) or (
-        isinstance(path_or_text, str) and "\n" not in path_or_text and len(path_or_text) < 4096
-        and os.path.exists(path_or_text)
-    ):
+    if names_existing_path(path_or_text):
         path = Path(path_or_text)
         if not path.exists():
             raise VnminiError(f"{path}: no such file or folder; pass a UTF-8 .txt/.jsonl/.parquet file or folder.")

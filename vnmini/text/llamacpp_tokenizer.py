@@ -61,8 +61,7 @@ class LlamaCppTokenizer:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
         # llama.cpp's end-of-generation set (EOS, EOT, <end_of_turn>, <|im_end|> ... as the file marks them)
         eog = [i for i in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, i)]
-        self.eot_ids = [i for i in ([eot] if eot is not None else []) + eog if i != self.eos_id]
-        self.eot_ids = list(dict.fromkeys(self.eot_ids))
+        self.eot_ids = list(dict.fromkeys(i for i in ([eot] if eot is not None else []) + eog if i != self.eos_id))
         self.doc_sep_id = self.bos_id if self.bos_id is not None else self.eos_id
         self.specials = Specials(bos=self._text(self.bos_id), eos=self._text(self.eos_id),
                                  pad=self._text(self.pad_id), eot=tuple(self._text(i) for i in self.eot_ids),
