@@ -106,6 +106,8 @@ class VnTokenizer:
         self.tone_style = tone_style
         self.source = source
         self.specials = specials
+        # Set for a vocabulary adopted from a teacher's (vnmini.text.adopt): student id -> teacher id.
+        self.teacher_map = None
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         if specials == VNMINI_SPECIALS:
             missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if t not in vocab]
@@ -288,6 +290,10 @@ class VnTokenizer:
             {k: v for k, v in (("bos_token", sp.bos), ("eos_token", sp.eos), ("pad_token", sp.pad),
                                ("unk_token", sp.unk)) if v} | {"additional_special_tokens": extra},
         )
+        if self.teacher_map is not None:
+            from vnmini.text.adopt import MAP_FILE
+
+            write_json(folder / MAP_FILE, self.teacher_map.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> VnTokenizer:
@@ -313,7 +319,9 @@ class VnTokenizer:
             pre = detect_pre_tokenizer(hf) or "gpt-2"
         else:  # someone else's: find its llama.cpp twin by behaviour (None if it has none)
             pre = detect_pre_tokenizer(hf)
-        return cls(
+        from vnmini.text.adopt import TeacherMap
+
+        tok = cls(
             hf,
             chat_template=template or (CHAT_TEMPLATE if specials == VNMINI_SPECIALS else ""),
             pre_tokenizer_name=pre,
@@ -321,3 +329,5 @@ class VnTokenizer:
             source=str(tok_file),
             specials=specials,
         )
+        tok.teacher_map = TeacherMap.read(folder)
+        return tok
