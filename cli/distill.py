@@ -27,7 +27,13 @@ teacher_app = typer.Typer(help="Teacher-side work for distillation: logit caches
 
 def distill(
     teacher: Path = _O(None, "--teacher", "-T",
-                       help="Online logits: teacher checkpoint folder (vnmini or HF Llama/Mistral/Qwen2)."),
+                       help="Online logits: teacher checkpoint folder (vnmini or HF Llama/Mistral/Qwen2) or a .gguf; a "
+                            "bigger vocabulary needs a student tokenizer adopted from it (`vnmini tokenizer adopt`)."),
+    teacher_vocab: str = _O("full", "--teacher-vocab",
+                            help="Adopted vocabulary: full (the teacher's whole softmax gathered onto the student's "
+                                 "ids, exact) or mapped (its output cut to the student's rows: faster, renormalized)."),
+    teacher_top_k: int = _O(64, "--teacher-top-k",
+                            help="Adopted vocabulary: teacher ids per position in the sparse KL (+ leftover bucket)."),
     teacher_cache: Path = _O(None, "--teacher-cache", help="Offline: a cache folder from `vnmini teacher cache`."),
     teacher_text: Path = _O(None, "--teacher-text", help="Sequence-level: JSONL from `vnmini teacher generate`."),
     teacher_device: str = _O(None, "--teacher-device", help="Device of an online teacher (default: the student's)."),
@@ -73,7 +79,7 @@ def distill(
     from vnmini.training.distill import distill as run
 
     kd_args = ("teacher", "teacher_cache", "teacher_text", "teacher_device", "alpha", "kd", "temperature",
-               "skew_lambda")
+               "skew_lambda", "teacher_vocab", "teacher_top_k")
     values = {k: v for k, v in locals().items() if k not in ("config", "run", "kd_args")}
     kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in kd_args}
     ov = _overrides({k: v for k, v in values.items() if k not in kd_args})
@@ -87,8 +93,14 @@ def distill(
 
 @teacher_app.command("cache")
 def cache(
-    teacher: Path = _O(..., "--teacher", "-T", help="Teacher checkpoint folder (same tokenizer as the shards)."),
+    teacher: Path = _O(..., "--teacher", "-T",
+                       help="Teacher checkpoint folder or .gguf: the shards' tokenizer, or a bigger one the shards' "
+                            "was adopted from (`vnmini tokenizer adopt`)."),
     data: Path = _O(..., "--data", "-d", help="Token shard folder the student will train on."),
+    teacher_vocab: str = _O("full", "--teacher-vocab",
+                            help="Adopted vocabulary: full (whole softmax gathered, exact) or mapped (output rows cut "
+                                 "to the student's: faster, renormalized)."),
+    tokenizer: Path = _O(None, "--tokenizer", "-t", help="The student's tokenizer (default: the shards')."),
     out: Path = _O(Path("teacher_cache"), "--out", "-o", help="Cache folder (manifest.json + part_*.safetensors)."),
     k: int = _O(32, "-k", "--top-k", help="Teacher tokens kept per position (plus the leftover mass)."),
     seq_len: int = _O(256, "--seq-len", help="Window length; the student must train with the same --seq-len."),
@@ -112,11 +124,15 @@ def cache(
 
     m = write_teacher_cache(teacher, data, out, k=k, seq_len=seq_len, temperature=temperature, batch_size=batch_size,
                             windows_per_part=windows_per_part, split=split, device=device, max_windows=max_windows,
-                            progress=progress, force=force)
+                            progress=progress, force=force, vocab_mode=teacher_vocab,
+                            tokenizer=str(tokenizer) if tokenizer else None)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"wrote {out}: {m['windows']:,} windows × {m['seq_len']} = {m['positions']:,} positions, "
                    f"k {m['k']}, {m['bytes'] / 2**20:.1f} MiB ({m['bytes_per_token']:.1f} bytes/token) "
                    f"in {m['elapsed_s']:.0f} s")
+        if "teacher_mass_outside_student_vocab" in m:
+            typer.echo(f"teacher mass on tokens outside the student's vocabulary: "
+                       f"{m['teacher_mass_outside_student_vocab']:.2%} (kept in the leftover bucket)")
 
 
 @teacher_app.command("generate")

@@ -48,6 +48,45 @@ def train(
     typer.echo(f"wrote {out} (vocab {tok.vocab_size:,}, pre {tok.pre_tokenizer_name}, hash {tok.hash})")
 
 
+@app.command("adopt")
+def adopt(
+    teacher: Path = typer.Option(..., "--from", help="The teacher: an HF folder (tokenizer.json) or a .gguf."),
+    corpus: list[Path] = typer.Option(..., "--corpus", help="Text the student will train on (files, folders, globs)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the student tokenizer + teacher_map.json."),
+    vocab_size: int = typer.Option(16384, "--vocab-size",
+                                   help="Student vocabulary size (specials and bytes included)."),
+    field: str | None = typer.Option(None, "--field", help="JSON field in .jsonl files (default: text)."),
+    column: str | None = typer.Option(None, "--column", help="Column in .parquet files (default: text)."),
+    force: bool = typer.Option(False, "--force", "-f",
+                               help="Replace an existing output of the same kind (never anything else)."),
+) -> None:
+    """A student tokenizer whose tokens are the teacher's most used ones on the corpus (for logit distillation).
+
+    Keeps the teacher's specials, chat template, byte alphabet / byte-fallback tokens and every
+    piece its merges pass through, so the student tokenizes like the teacher wherever the teacher's
+    tokens are kept; writes teacher_map.json (student id -> teacher id).
+
+    Example: vnmini tokenizer adopt --from gemma-3-270m.gguf --corpus corpus/train --vocab-size 16384 -o tok-vi/
+    """
+    from vnmini.data.corpus import read_documents
+    from vnmini.outputs import check_output
+    from vnmini.text.adopt import adopt_tokenizer, teacher_fertility
+    from vnmini.text.tokenizer_train import tokenizer_fertility
+
+    check_output(out, "tokenizer", force)
+    r = adopt_tokenizer(teacher, [str(p) for p in corpus], vocab_size, out, field=field, column=column)
+    tok = r.tokenizer
+    typer.echo(f"wrote {out} (vocab {tok.vocab_size:,} of the teacher's {tok.teacher_map.teacher_vocab_size:,}, "
+               f"{tok.style}, hash {tok.hash})")
+    typer.echo(f"the corpus used {r.counts_used:,} teacher tokens; kept {r.kept_from_corpus:,}, covering "
+               f"{r.coverage:.2%} of its {r.teacher_tokens:,} teacher tokens")
+    docs = list(read_documents([str(p) for p in corpus], field, column))
+    mine = tokenizer_fertility(tok, docs)
+    theirs = teacher_fertility(teacher, docs)
+    typer.echo(f"tokens per syllable on the corpus: adopted {mine['tokens_per_syllable']:.3f}, "
+               f"teacher {theirs['tokens_per_syllable']:.3f}")
+
+
 @app.command("eval")
 def evaluate(
     tokenizer: Path = typer.Argument(..., help="A vnmini tokenizer folder or tokenizer.json."),

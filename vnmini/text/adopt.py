@@ -326,7 +326,7 @@ def count_teacher_tokens(tv: TeacherVocab, texts: Iterable[str], progress: Calla
         if cur:
             counts += np.bincount(tv.encode("".join(cur)), minlength=tv.size)
         if progress:
-            progress(len(text))
+            progress(len(text.encode("utf-8")))
     return counts
 
 
@@ -422,6 +422,17 @@ def _expand(files: list[str]) -> list[Path]:
     return expand_paths(files)
 
 
+def teacher_fertility(teacher: str | Path | TeacherVocab, texts: Iterable[str]) -> dict[str, float]:
+    """Tokens per syllable of the teacher's own tokenizer on (normalized) ``texts``, for the adopt report."""
+    from vnmini.text.normalization import count_syllables, normalize
+
+    tv = teacher if isinstance(teacher, TeacherVocab) else teacher_vocab(teacher)
+    texts = [normalize(t) for t in texts]
+    n_tok = int(count_teacher_tokens(tv, texts).sum())
+    n_syl = sum(count_syllables(t) for t in texts)
+    return {"tokens": n_tok, "syllables": n_syl, "tokens_per_syllable": n_tok / max(n_syl, 1)}
+
+
 def check_teacher_tokens(student_tokens: Sequence[str | None], teacher_tokens: Sequence[str | None],
                          tmap: TeacherMap, teacher: str, student: str) -> None:
     """Refuse a map whose student tokens are not the teacher's tokens at the mapped ids."""
@@ -440,4 +451,4 @@ def check_teacher_tokens(student_tokens: Sequence[str | None], teacher_tokens: S
 
 
 __all__ = ["adopt_tokenizer", "teacher_vocab", "TeacherMap", "TeacherVocab", "Adopted", "count_teacher_tokens",
-           "select_tokens", "check_teacher_tokens", "vocab_hash", "MAP_FILE"]
+           "select_tokens", "check_teacher_tokens", "teacher_fertility", "vocab_hash", "MAP_FILE"]

@@ -57,7 +57,8 @@ class LlamaCppTokenizer:
         if eos is None and eot is None:
             raise VnminiError(f"{source}: the GGUF names no EOS token; a model must say where text ends.")
         self.eos_id = eos if eos is not None else eot
-        self.pad_id = tid(llama_cpp.llama_vocab_pad) or self.eos_id
+        pad = tid(llama_cpp.llama_vocab_pad)
+        self.pad_id = self.eos_id if pad is None else pad  # id 0 is a real pad (Gemma's <pad>)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
         # llama.cpp's end-of-generation set (EOS, EOT, <end_of_turn>, <|im_end|> ... as the file marks them)
         eog = [i for i in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, i)]

@@ -19,8 +19,10 @@ resume, eval bits per byte, torchrun, progress, ``metrics.jsonl``, ``loss.png`` 
 :class:`vnmini.training.trainer.Trainer`, exactly as in ``vnmini train``; the distillation
 settings are recorded in the checkpoint's ``vnmini.json`` (``config.extra.distill``).
 
-Logit distillation needs one tokenizer for teacher, student and shards: a mismatch
-is refused before any work, naming both vocabularies. Sequence-level distillation
+Logit distillation needs the student's vocabulary to be the teacher's or a subset of
+it adopted with ``vnmini tokenizer adopt`` (then the teacher — a checkpoint or a GGUF —
+is read through the student's ``teacher_map.json``, :mod:`vnmini.training.mapped_teacher`);
+anything else is refused before any work, naming both vocabularies. Sequence-level distillation
 has no such constraint (the teacher may be any backend, a GGUF included).
 """
 
@@ -39,6 +41,7 @@ from torch import nn
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
 from vnmini.training.config import TrainConfig
+from vnmini.training.mapped_teacher import MappedTeacher, is_same_vocab, open_mapped_teacher
 from vnmini.training.pretrain import TokenWindows, build_config, make_model, resolve_tokenizer
 from vnmini.training.teacher_cache import (
     Teacher,
@@ -128,6 +131,34 @@ def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", s
     return loss_fn
 
 
+def mapped_online_loss(teacher: MappedTeacher, k: int = 64, alpha: float = 0.5, kind: str = "forward",
+                       temperature: float = 1.0, skew_lambda: float = 0.1, kernels: str = "auto") -> LossFn:
+    """Trainer loss hook for a teacher with a bigger vocabulary (adopted map): sparse KL against its top-k
+    over the student's ids, with everything else — the student's other ids and the tokens it can't say
+    (``--teacher-vocab full``) — in the leftover bucket, exactly as a cache written from that teacher."""
+    ce_fn = cross_entropy_fn(kernels)
+
+    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vnmini.kernels import sparse_kd_loss
+
+        logits = module(batch.input_ids)
+        b, t, v = logits.shape
+        flat = logits.reshape(-1, v)
+        targets = batch.targets.reshape(-1)
+        kd = ce = None
+        if alpha > 0:
+            lp = teacher.student_logprobs(batch.input_ids, temperature).reshape(b * t, v)
+            top_lp, top_ids = lp.topk(min(k, v), -1)
+            dev = flat.device
+            kd = sparse_kd_loss(flat, top_ids.to(dev), top_lp.to(dev), kind=kind, temperature=temperature,
+                                skew_lambda=skew_lambda, mask=targets != -100, backend=kernels)
+        if alpha < 1:
+            ce = ce_fn(flat, targets)
+        return _combine(kd, ce, alpha)
+
+    return loss_fn
+
+
 def _check_cache(cache: TeacherCache, cfg: TrainConfig, tok_hash: str, temperature: float | None) -> None:
     m = cache.manifest
     if cache.tokenizer_hash != tok_hash:
@@ -157,6 +188,8 @@ def distill(
     kd: str = "forward",
     temperature: float | None = None,
     skew_lambda: float = 0.1,
+    teacher_vocab: str = "full",
+    teacher_top_k: int = 64,
     train_windows: int | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
@@ -207,12 +240,22 @@ def distill(
         from vnmini.training.dist import pick_device
 
         dev = teacher_device or str(pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
-        t = teacher if isinstance(teacher, Teacher) else load_teacher(teacher, device=dev)  # type: ignore[arg-type]
-        check_same_tokenizer(t, tok.hash, tok.vocab_size, f"shards {cfg.data}")
         temperature = 1.0 if temperature is None else temperature
-        loss = online_loss(t, alpha, kd, temperature, skew_lambda, cfg.kernels)
-        settings.update(mode="online", teacher=t.source, teacher_device=str(t.device), temperature=temperature,
-                        teacher_parameters=t.model.config.num_parameters())
+        t: Any = teacher
+        is_gguf = isinstance(t, (str, Path)) and Path(t).suffix == ".gguf" and Path(t).is_file()
+        if not isinstance(t, (Teacher, MappedTeacher)) and not is_gguf:
+            t = load_teacher(t, device=dev)  # type: ignore[arg-type]
+        if isinstance(t, Teacher) and is_same_vocab(t, tok.hash, tok.vocab_size):
+            check_same_tokenizer(t, tok.hash, tok.vocab_size, f"shards {cfg.data}")
+            loss = online_loss(t, alpha, kd, temperature, skew_lambda, cfg.kernels)
+            settings.update(mode="online", teacher=t.source, teacher_device=str(t.device), temperature=temperature,
+                            teacher_parameters=t.model.config.num_parameters())
+        else:  # a bigger vocabulary that contains the student's (adopted), or a refusal naming both
+            if teacher_top_k < 1:
+                raise VnminiError(f"--teacher-top-k {teacher_top_k}: must be >= 1.")
+            mt = open_mapped_teacher(t, tok, teacher_vocab, device=dev, n_ctx=cfg.seq_len + 8, threads=cfg.threads)
+            loss = mapped_online_loss(mt, teacher_top_k, alpha, kd, temperature, skew_lambda, cfg.kernels)
+            settings.update(mode="online", teacher=mt.describe(), temperature=temperature, k=teacher_top_k)
     cfg = cfg.replace(extra={**cfg.extra, "distill": settings})
     model = make_model(cfg, tok)
     trainer = Trainer(cfg, model, source, tokenizer=tok, loss_fn=loss, kind="distill", log=log)
@@ -280,4 +323,5 @@ def dense_vs_sparse(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
             "teacher_mass_in_topk": float(lp.double().exp().sum(-1).mean())}
 
 
-__all__ = ["distill", "online_loss", "cache_loss", "check_kd_settings", "dense_vs_sparse", "KINDS"]
+__all__ = ["distill", "online_loss", "cache_loss", "mapped_online_loss", "check_kd_settings", "dense_vs_sparse",
+           "KINDS"]

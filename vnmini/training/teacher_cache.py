@@ -196,8 +196,17 @@ def write_teacher_cache(
     max_windows: int | None = None,
     progress: bool = True,
     force: bool = False,
+    vocab_mode: str = "full",
+    tokenizer: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``teacher`` over the ``split`` windows of shard set ``data``; write the cache to ``out``.
+
+    ``teacher`` is a checkpoint folder, a ``.gguf`` or a loaded teacher. A teacher with a
+    bigger vocabulary that contains the student's (``vnmini tokenizer adopt``) is read through
+    the student's ``teacher_map.json``: ``vocab_mode`` ``full`` gathers its whole softmax onto
+    the student's ids (the leftover bucket then holds the mass the student can't say),
+    ``mapped`` runs its output layer cut to the student's rows (faster, renormalized);
+    :mod:`vnmini.training.mapped_teacher`. ``tokenizer`` overrides the shards' own.
 
     Returns the manifest (with ``bytes_per_token`` and ``elapsed_s``). Reruns with the
     same settings skip finished parts (resume); a cache made with other settings is
@@ -208,22 +217,31 @@ def write_teacher_cache(
     if kind not in ("missing", "empty-folder", "teacher-cache"):
         raise VnminiError(f"-o {out}: is {describe_kind(kind)}, not a teacher cache; choose another -o.")
     from vnmini.kernels import topk_lse
+    from vnmini.training.mapped_teacher import MappedTeacher, is_same_vocab, open_mapped_teacher
+    from vnmini.training.pretrain import resolve_tokenizer
 
     env = dist.setup(device)
     try:
-        if not isinstance(teacher, Teacher):
-            teacher = load_teacher(teacher, device=str(env.device))
         reader = ShardReader(data, split)
         m = reader.manifest
-        check_same_tokenizer(teacher, m["tokenizer_hash"], int(m["vocab_size"]), f"shards {data}")
         vocab = int(m["vocab_size"])
+        mapped: MappedTeacher | None = None
+        is_gguf = isinstance(teacher, (str, Path)) and Path(teacher).suffix == ".gguf" and Path(teacher).is_file()
+        if not isinstance(teacher, (Teacher, MappedTeacher)) and not is_gguf:
+            teacher = load_teacher(teacher, device=str(env.device))
+        if isinstance(teacher, Teacher) and is_same_vocab(teacher, m["tokenizer_hash"], vocab):
+            check_same_tokenizer(teacher, m["tokenizer_hash"], vocab, f"shards {data}")
+        else:
+            student_tok = resolve_tokenizer(data, tokenizer)
+            mapped = open_mapped_teacher(teacher, student_tok, vocab_mode, device=str(env.device),
+                                         n_ctx=seq_len + 8)
         if not 1 <= k <= vocab:
             raise VnminiError(f"-k {k}: must be between 1 and the vocabulary size {vocab}.")
         if not (temperature > 0 and math.isfinite(temperature)):
             raise VnminiError(f"--temperature {temperature}: must be a positive number.")
-        if seq_len < 1 or seq_len > teacher.model.config.max_position_embeddings:
-            raise VnminiError(f"--seq-len {seq_len}: must be in [1, {teacher.model.config.max_position_embeddings}] "
-                              "(the teacher's context).")
+        ctx = teacher.model.config.max_position_embeddings if isinstance(teacher, Teacher) else 1 << 30
+        if seq_len < 1 or seq_len > ctx:
+            raise VnminiError(f"--seq-len {seq_len}: must be in [1, {ctx}] (the teacher's context).")
         if windows_per_part < 1 or batch_size < 1:
             raise VnminiError("--windows-per-part and --batch-size must be >= 1.")
         windows = (len(reader) - 1) // seq_len
@@ -235,7 +253,8 @@ def write_teacher_cache(
         out = Path(out)
         n_parts = -(-windows // windows_per_part)
         plan = {
-            "format": FORMAT, "teacher": _teacher_id(teacher), "tokenizer_hash": m["tokenizer_hash"],
+            "format": FORMAT, "teacher": mapped.describe() if mapped else _teacher_id(teacher),
+            "tokenizer_hash": m["tokenizer_hash"],
             "vocab_size": vocab, "k": k, "temperature": float(temperature), "seq_len": seq_len, "split": split,
             "data": str(data), "shards_fingerprint": shards_fingerprint(data, split), "windows": windows,
             "positions": windows * seq_len, "windows_per_part": windows_per_part, "parts": n_parts,
@@ -269,6 +288,7 @@ def write_teacher_cache(
                            enabled=progress and env.rank == 0, fields="windows")
         t0 = time.perf_counter()
         done_windows = sum(_part_windows(p, plan) for p in mine if p not in todo)
+        outside, fresh = 0.0, sum(_part_windows(p, plan) for p in todo) * seq_len
         bar.update(completed=done_windows)
         try:
             for p in todo:
@@ -280,9 +300,18 @@ def write_teacher_cache(
                 for b0 in range(0, nw, batch_size):
                     nb = min(batch_size, nw - b0)
                     x = np.stack([reader.read((w0 + b0 + j) * seq_len, seq_len) for j in range(nb)])
-                    logits = teacher.logits(torch.from_numpy(x), vocab).reshape(nb * seq_len, vocab)
-                    lp, top, _ = topk_lse(logits, k, temperature)
-                    lp16, rlp16 = encode_topk(lp.cpu(), vocab)
+                    if mapped is not None:
+                        slp = mapped.student_logprobs(torch.from_numpy(x.astype(np.int64)), temperature)
+                        slp = slp.reshape(nb * seq_len, vocab)
+                        if mapped.vocab_mode == "full":
+                            outside += float((1 - slp.double().exp().sum(-1)).clamp_min(0).sum())
+                        lp, top = slp.topk(k, -1)
+                        # Full mode: the leftover also holds the teacher's mass outside the student's vocabulary.
+                        lp16, rlp16 = encode_topk(lp, mapped.teacher_vocab if mapped.vocab_mode == "full" else vocab)
+                    else:
+                        logits = teacher.logits(torch.from_numpy(x), vocab).reshape(nb * seq_len, vocab)
+                        lp, top, _ = topk_lse(logits, k, temperature)
+                        lp16, rlp16 = encode_topk(lp.cpu(), vocab)
                     sl = slice(b0 * seq_len, (b0 + nb) * seq_len)
                     ids[sl] = top.cpu().numpy().astype(id_dtype)
                     lps[sl] = lp16.numpy()
@@ -305,6 +334,11 @@ def write_teacher_cache(
             nbytes = sum((out / PART.format(p)).stat().st_size for p in range(n_parts))
             manifest.update(complete=True, bytes=nbytes, bytes_per_token=nbytes / plan["positions"],
                             elapsed_s=round(time.perf_counter() - t0, 3))
+            if mapped is not None and mapped.vocab_mode == "full" and fresh and env.world_size == 1:
+                # Teacher probability on tokens the student can't say (what --teacher-vocab mapped would drop).
+                manifest["teacher_mass_outside_student_vocab"] = outside / fresh
+            if fresh:
+                manifest["positions_per_s"] = round(fresh / max(time.perf_counter() - t0, 1e-9), 1)
             write_json(mpath, manifest)
         return manifest
     finally:
