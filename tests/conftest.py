@@ -137,3 +137,30 @@ def read_until(proc: subprocess.Popen, marker: bytes, buf: bytes = b"", timeout:
                 raise AssertionError(f"the child exited (rc {proc.wait(timeout=10)}) before {marker!r}: {err}")
             buf += chunk
     return buf
+
+
+@pytest.fixture(scope="session")
+def vocab_dir():
+    """The vocab-only GGUFs of real tokenizers that the llama-cpp-python sdist ships (cached; skip if offline)."""
+    import sys
+    import tarfile
+    from importlib.metadata import version
+
+    from vnmini.data.fetch import cache_dir
+
+    ver = version("llama_cpp_python")
+    out = cache_dir() / "llama-vocab" / ver
+    if not (out / "ggml-vocab-qwen2.gguf").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+                            "-d", str(out), f"llama-cpp-python=={ver}"], capture_output=True, text=True, timeout=600)
+        sdists = list(out.glob("llama_cpp_python-*.tar.gz"))
+        if r.returncode != 0 or not sdists:
+            pytest.skip(f"the llama-cpp-python {ver} sdist could not be fetched: {r.stderr.strip()[-200:]}")
+        with tarfile.open(sdists[0]) as tar:
+            for m in tar.getmembers():
+                if "/models/ggml-vocab-" in m.name and m.name.endswith(".gguf"):
+                    m.name = m.name.rsplit("/", 1)[1]
+                    tar.extract(m, out, filter="data")
+        sdists[0].unlink()
+    return out

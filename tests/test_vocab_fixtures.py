@@ -5,38 +5,12 @@ must give llama.cpp's ids on Vietnamese text, and bits-per-byte byte counts that
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tarfile
 import unicodedata
-from importlib.metadata import version
 
 import pytest
 from conftest import VI_SAMPLE
 
 TEXTS = [*VI_SAMPLE.splitlines(), "  12345 số\n\nxuống  dòng\t😀 I'm OK", unicodedata.normalize("NFD", "Hoà bình")]
-
-
-@pytest.fixture(scope="module")
-def vocab_dir():
-    from vnmini.data.fetch import cache_dir
-
-    ver = version("llama_cpp_python")
-    out = cache_dir() / "llama-vocab" / ver
-    if not (out / "ggml-vocab-qwen2.gguf").is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                            "-d", str(out), f"llama-cpp-python=={ver}"], capture_output=True, text=True, timeout=600)
-        sdists = list(out.glob("llama_cpp_python-*.tar.gz"))
-        if r.returncode != 0 or not sdists:
-            pytest.skip(f"the llama-cpp-python {ver} sdist could not be fetched: {r.stderr.strip()[-200:]}")
-        with tarfile.open(sdists[0]) as tar:
-            for m in tar.getmembers():
-                if "/models/ggml-vocab-" in m.name and m.name.endswith(".gguf"):
-                    m.name = m.name.rsplit("/", 1)[1]
-                    tar.extract(m, out, filter="data")
-        sdists[0].unlink()
-    return out
 
 
 def _llama(path):

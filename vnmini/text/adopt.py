@@ -36,7 +36,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def _hf_teacher(source: str, tok: Any) -> TeacherVocab:
     pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw]
     rank = {p: i for i, p in reversed(list(enumerate(pairs)))}
     ids = {t: i for i, t in enumerate(tokens)}
-    required = set(tok.special_ids)
+    required = set(tok.special_ids) | set(tok.specials.extra_stop_ids)
     required |= {i for i, a in tok.hf.get_added_tokens_decoder().items() if a.content in (tok.chat_template or "")}
     required |= {ids[t] for t in _post_processor_tokens(spec.get("post_processor")) if t in ids}
     if tok.style == "sentencepiece":
@@ -175,8 +175,11 @@ def _hf_teacher(source: str, tok: Any) -> TeacherVocab:
                                if a["content"] in new]
         out["post_processor"] = _remap_post_processor(spec.get("post_processor"), new)
         hf = Tokenizer.from_str(json.dumps(out, ensure_ascii=False))
+        # generation_config's extra stop ids are teacher ids: carry them as end-of-turn token strings instead.
+        extra = tuple(tokens[i] for i in tok.specials.extra_stop_ids if tokens[i] not in tok.specials.eot)
+        specials = replace(tok.specials, eot=(*tok.specials.eot, *extra), extra_stop_ids=())
         return VnTokenizer(hf, chat_template=tok.chat_template, pre_tokenizer_name=tok.pre_tokenizer_name,
-                           tone_style=tok.tone_style, source=source, specials=tok.specials)
+                           tone_style=tok.tone_style, source=source, specials=specials)
 
     return TeacherVocab(source, tok.style, tokens, priority, required, lambda text: tok.encode(text), build)
 
