@@ -416,6 +416,9 @@ def adopt_tokenizer(teacher: str | Path, corpus: Sequence[str | Path], vocab_siz
 
         with atomic_dir(Path(out)) as tmp:
             tok.save(tmp)
+        tok.source = str(Path(out) / "tokenizer.json")  # shards made with it record where it lives
+    else:
+        tok.source = f"<adopted from {tv.source}>"
     return result
 
 
