@@ -121,7 +121,8 @@ def load_teacher(path: str | Path, device: str = "auto", dtype: str | torch.dtyp
 def check_same_tokenizer(teacher: Teacher, student_hash: str, student_vocab: int, student_source: str) -> None:
     """Refuse logit distillation across tokenizers, naming both vocabularies."""
     tt = teacher.tokenizer
-    hint = ("logit distillation compares distributions id by id; use sequence-level distillation instead: "
+    hint = ("logit distillation compares distributions id by id: give the student a vocabulary adopted from the "
+            f"teacher's (`vnmini tokenizer adopt --from {teacher.source} ...`), or use sequence-level distillation: "
             "`vnmini teacher generate --teacher T --prompts FILE` and train the student on the teacher's text.")
     if tt is None:
         raise VnminiError(f"--teacher {teacher.source}: has no tokenizer.json, so its vocabulary (size "
@@ -232,7 +233,12 @@ def write_teacher_cache(
         if isinstance(teacher, Teacher) and is_same_vocab(teacher, m["tokenizer_hash"], vocab):
             check_same_tokenizer(teacher, m["tokenizer_hash"], vocab, f"shards {data}")
         else:
-            student_tok = resolve_tokenizer(data, tokenizer)
+            try:
+                student_tok = resolve_tokenizer(data, tokenizer)
+            except VnminiError:
+                if tokenizer is None and isinstance(teacher, Teacher):
+                    check_same_tokenizer(teacher, m["tokenizer_hash"], vocab, f"shards {data}")  # names both
+                raise
             mapped = open_mapped_teacher(teacher, student_tok, vocab_mode, device=str(env.device),
                                          n_ctx=seq_len + 8)
         if not 1 <= k <= vocab:
