@@ -23,6 +23,12 @@ from vnmini.errors import VnminiError
 T = 16
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Trimmed GGUF teachers go to the test's own cache, not the user's."""
+    monkeypatch.setenv("VNMINI_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from test_open_world import save_foreign

@@ -200,8 +200,9 @@ def trimmed_path(src: Path, keep: np.ndarray) -> Path:
     st = src.stat()
     key = hashlib.sha256(json.dumps([str(src.resolve()), st.st_size, st.st_mtime_ns]).encode()
                          + np.asarray(keep, dtype=np.int64).tobytes()).hexdigest()[:16]
-    base = Path(os.environ.get("VNMINI_CACHE", Path.home() / ".cache" / "vnmini"))
-    return base / "teachers" / f"{src.stem}-{len(keep)}-{key}.gguf"
+    from vnmini.data.fetch import cache_dir
+
+    return cache_dir() / "teachers" / f"{src.stem}-{len(keep)}-{key}.gguf"
 
 
 class GgufMappedTeacher(MappedTeacher):

