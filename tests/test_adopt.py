@@ -113,3 +113,26 @@ def test_adopt_cli_and_refusals(vocab_dir, tmp_path, cli):
         code, _, se = cli(*base)
         assert code == 2 and want in se and "Traceback" not in se, se
         assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["llama-spm"])  # byte-level adopted vocabs export like any Qwen2-style one
+def test_a_student_with_an_adopted_vocab_exports_gguf_that_tokenizes_like_it(vocab_dir, tmp_path, name):
+    """Both exporters take the adopted tokenizer; llama.cpp tokenizes the student's GGUF exactly as the student."""
+    from conftest import save_random_teacher
+    from llama_cpp import Llama
+
+    from vnmini.export import to_gguf, to_onnx
+
+    corpus, lines = _corpus(tmp_path)
+    res = adopt_tokenizer(vocab_dir / f"ggml-vocab-{name}.gguf", [corpus], vocab_size=1024, out=tmp_path / "tok",
+                          progress=False)
+    save_random_teacher(tmp_path / "ckpt", VnTokenizer.load(tmp_path / "tok"))
+    out = to_gguf(tmp_path / "ckpt", tmp_path / "s.gguf", quant="f32")
+    assert out.passed and out.verify["tokenization"]["equal"], out.verify
+    ref = Llama(str(tmp_path / "s.gguf"), vocab_only=True, verbose=False)
+    tok = res.tokenizer
+    for line in lines:
+        norm = tok.normalize(line)
+        assert ref.tokenize(norm.encode(), add_bos=False, special=True) == tok.encode(line), norm
+    onnx = to_onnx(tmp_path / "ckpt", tmp_path / "onnx")
+    assert onnx.passed, onnx.verify
