@@ -398,6 +398,7 @@ def adopt_tokenizer(teacher: str | Path, corpus: Sequence[str | Path], vocab_siz
 
     try:
         counts = count_teacher_tokens(tv, read_documents(files, field, column), tick)
+        bar.update(completed=total)  # bytes on disk and normalized bytes differ a little
     finally:
         bar.close()
     kept = select_tokens(tv, counts, vocab_size)
