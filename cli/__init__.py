@@ -42,8 +42,8 @@ def _root(
 
 
 # Verb modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "distill", "chat", "evaluate", "bench", "export",
-                   "quickstart"]
+COMMAND_MODULES = ["basic", "corpus", "tokenizer", "data", "train", "plan", "distill", "chat", "serve", "evaluate",
+                   "bench", "export", "quickstart"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"vnmini.cli.{_name}").register(app)

@@ -37,13 +37,20 @@ def export_gguf(
     keep_failed: bool = typer.Option(False, "--keep-failed",
                                      help="If verification fails, keep the file as <name>.failed.gguf (with its "
                                           "report) for inspection; it never gets the -o name."),
+    ollama: bool = typer.Option(False, "--ollama",
+                                help="Also write <name>.Modelfile for Ollama: FROM the GGUF, the chat template as a "
+                                     "Go TEMPLATE, stop tokens, a default SYSTEM, num_ctx."),
 ) -> None:
     """Write a GGUF for llama.cpp with the tokenizer and chat template inside.
 
-    Example: vnmini export gguf runs/quickstart/chat -o chat-q8_0.gguf --quant q8_0
+    Example: vnmini export gguf runs/quickstart/chat -o chat-q8_0.gguf --quant q8_0 --ollama
     """
     from vnmini.export.gguf_writer import to_gguf
 
+    if ollama:  # refuse an untranslatable template or an existing Modelfile before the long export
+        from vnmini.export.ollama import preflight
+
+        preflight(checkpoint, output, force=force)
     res = to_gguf(checkpoint, output, quant=quant, force=force, verify=verify, verify_text=verify_text,
                   name=name, threads=threads, progress=True, keep_failed=keep_failed)
     types = ", ".join(f"{k} × {v}" for k, v in sorted(res.tensor_types.items()))
@@ -63,6 +70,11 @@ def export_gguf(
             f"({100 * q['dbpb_rel']:+.2f} %)"
         )
         typer.echo(f"report: {res.report_paths[0]}")
+    if ollama:
+        from vnmini.export.ollama import write_modelfile
+
+        mf = write_modelfile(res.path, force=force)
+        typer.echo(f"wrote {mf} (Ollama: cd {mf.parent} && ollama create {res.path.stem} -f {mf.name})")
 
 
 @export_app.command("onnx")

@@ -42,7 +42,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     bpb = f", eval loss {s['eval_loss']:.4f}, bits/byte {s['eval_bpb']:.4f}" if "eval_bpb" in s else ""
-    typer.echo(f"{s['steps']} steps, {s['tokens']:,} tokens, train loss {s['train_loss']:.4f}{bpb}")
+    ep = f" ({s['epochs']:.2f} epochs)" if "epochs" in s else ""
+    typer.echo(f"{s['steps']} steps, {s['tokens']:,} tokens{ep}, train loss {s['train_loss']:.4f}{bpb}")
     typer.echo(f"wrote {s['final']} (metrics: {s['run_dir']}/metrics.jsonl, plot: {s['run_dir']}/loss.png)")
 
 
@@ -58,6 +59,7 @@ def train(
     global_batch_tokens: int = cfg_opt("global_batch_tokens"),
     max_steps: int = cfg_opt("max_steps"),
     max_minutes: float = cfg_opt("max_minutes"),
+    plan: str = cfg_opt("plan"),
     lr: float = cfg_opt("lr"),
     min_lr_ratio: float = cfg_opt("min_lr_ratio"),
     warmup_steps: int = cfg_opt("warmup_steps"),
@@ -86,6 +88,7 @@ def train(
     """Pretrain a model on token shards; resumable, one or many processes.
 
     Example: vnmini train --data shards/ --preset tiny --max-steps 2000 --out runs/tiny
+    Time-budgeted: vnmini train --data shards/ --plan auto --max-minutes 10 --out runs/tiny
     """
     from vnmini.training.pretrain import train as run
 

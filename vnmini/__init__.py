@@ -9,6 +9,8 @@ The public Python API (the CLI calls the same functions):
     vnmini.train(data="shards/", preset="tiny", out="runs/tiny")            # pretrain (resumable)
     vnmini.sft(data="sft.jsonl", init_from="runs/tiny/final", out="runs/chat")  # chat fine-tuning
     vnmini.distill(teacher="runs/tiny/final", data="shards/", preset="micro", out="runs/kd")  # or teacher_cache=
+    vnmini.plan(minutes=10, data="shards/")            # what a time budget buys: probe + recipe rules
+    vnmini.serve("chat-q4_0.gguf", port=8000)          # OpenAI-compatible API + web chat on 127.0.0.1
 
 Names are imported on first use (PEP 562), so ``import vnmini`` is cheap and
 ``import vnmini.kernels`` / ``import vnmini.models`` pull in no trainer, tokenizer or
@@ -33,10 +35,12 @@ _API = {
     "train": "vnmini.training.pretrain",
     "sft": "vnmini.training.sft",
     "distill": "vnmini.training.distill",
+    "plan": "vnmini.training.plan",
     "eval_text": "vnmini.eval.bpb",
     "eval_mc": "vnmini.eval.mc",
     "bench": "vnmini.eval.bench",
     "ChatSession": "vnmini.runtime.chat",
+    "serve": "vnmini.runtime.server",
 }
 
 __all__ = ["__version__", *_API]

@@ -7,6 +7,8 @@
   source of the sampling defaults.
 - :mod:`.gguf_backend` / :mod:`.onnx_backend`: llama.cpp and ONNX Runtime backends.
 - :mod:`.chat`: :class:`~vnmini.runtime.chat.ChatSession`, a multi-turn conversation.
+- :mod:`.server` / :mod:`.server_api`: ``vnmini serve``, the OpenAI-compatible HTTP API and
+  the web chat page (``webchat/index.html``); FastAPI + uvicorn, the ``serve`` extra.
 
     from vnmini.runtime.loader import load
     gen = load("chat-q4_0.gguf")

@@ -24,12 +24,14 @@ from typing import Any
 from vnmini.errors import VnminiError
 
 SCHEDULES = ("cosine", "wsd", "constant")
+DEFAULT_MAX_STEPS = 1000
+UNBOUNDED_STEPS = 10**12  # --max-minutes without --max-steps: the time plan alone sets the step count
 KERNEL_CHOICES = ("auto", "numba", "torch")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A field whose ``help`` is also the ``--flag`` help of every training verb."""
-    return field(default=default, metadata={"help": help}, **kw)
+def _f(default: Any, help: str, shown: Any = None, **kw: Any) -> Any:
+    """A field whose ``help`` is also the ``--flag`` help of every training verb (``shown``: the default to print)."""
+    return field(default=default, metadata={"help": help, "shown": shown}, **kw)
 
 
 @dataclass
@@ -45,8 +47,13 @@ class TrainConfig:
     # ---- batch: global_batch_tokens = micro_batch * seq_len * grad_accum * world_size
     micro_batch: int = _f(8, "Sequences per process per forward.")
     global_batch_tokens: int = _f(16384, "Tokens per optimizer step (all processes).")
-    max_steps: int = _f(1000, "Optimizer steps.")
-    max_minutes: float | None = _f(None, "Stop (with a final checkpoint) after this wall time.")
+    max_steps: int | None = _f(None, "Optimizer steps; with --max-minutes an upper bound (unset there: as many as "
+                                     "fit in the time).", shown=DEFAULT_MAX_STEPS)
+    max_minutes: float | None = _f(None, "Wall-time budget: the step count and the lr decay are planned from the "
+                                         "measured throughput so the run ends decayed, evaluated and "
+                                         "checkpointed at the deadline.")
+    plan: str | None = _f(None, "auto: with --max-minutes, pick preset, batch, lr, warmup and schedule by a "
+                                "throughput probe (what `vnmini plan` prints); flags you set win.")
     # ---- optimizer and schedule
     lr: float = _f(3e-3, "Peak learning rate.")
     min_lr_ratio: float = _f(0.1, "Final lr as a fraction of --lr.")
@@ -86,8 +93,12 @@ class TrainConfig:
         def bad(flag: str, why: str) -> VnminiError:
             return VnminiError(f"--{flag.replace('_', '-')}: {why}")
 
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise bad("max_minutes", f"must be a positive number of minutes (got {self.max_minutes}).")
+        if self.max_steps is None and self.max_minutes is None:
+            self.max_steps = DEFAULT_MAX_STEPS  # a step-only run keeps its historical default
         for name in ("seq_len", "micro_batch", "global_batch_tokens", "max_steps", "keep_last", "log_every"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise bad(name, f"must be >= 1 (got {getattr(self, name)}).")
         for name in ("warmup_steps", "eval_every", "save_every", "eval_tokens", "sample_tokens"):
             if int(getattr(self, name)) < 0:
@@ -108,7 +119,16 @@ class TrainConfig:
             raise bad("grad_clip" if self.grad_clip < 0 else "weight_decay", "must be >= 0.")
         if not 0 <= self.val_fraction < 1:
             raise bad("val_fraction", "must be in [0, 1).")
+        if self.plan not in (None, "auto"):
+            raise bad("plan", f"{self.plan!r} is unknown; the only plan is auto.")
+        if self.plan == "auto" and self.max_minutes is None:
+            raise bad("plan", "auto plans for a time budget; add --max-minutes M.")
         return self
+
+    @property
+    def step_limit(self) -> int:
+        """The most optimizer steps this run may take (``max_steps``, or unbounded under a time budget)."""
+        return int(self.max_steps) if self.max_steps is not None else UNBOUNDED_STEPS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,7 +160,7 @@ SFT_DEFAULTS: dict[str, Any] = dict(lr=3e-4, warmup_steps=20, max_steps=300, eva
 def field_help(name: str, base: dict[str, Any] | None = None) -> str:
     """The ``--help`` text of TrainConfig field ``name``, ending in its default (``base`` wins)."""
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    default = (base or {}).get(name, f.default)
+    default = (base or {}).get(name, f.default if f.metadata.get("shown") is None else f.metadata["shown"])
     # "(default: x)", not "[x]": typer renders help as rich markup, where "[cosine]" is a style tag and vanishes.
     if default is None or default == "" or isinstance(default, bool):
         return f.metadata["help"] + (" (default: on)" if default is True else "")
@@ -201,7 +221,15 @@ def load_config(
 ) -> TrainConfig:
     """Defaults ← ``base`` (e.g. SFT's defaults) ← TOML file ``path`` ← ``overrides`` (None values ignored)."""
     values: dict[str, Any] = dict(base or {})
-    if path is not None:
-        values.update(_flatten(_read_toml(Path(path)), str(path)))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    chosen = user_values(path, overrides)
+    values.update(chosen)
+    if values.get("max_minutes") is not None and "max_steps" not in chosen:
+        values.pop("max_steps", None)  # a base's step count is a default, not a bound on the time budget
     return config_from_dict(values, str(path) if path is not None else "config")
+
+
+def user_values(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """What the user chose: the TOML file's settings, then the non-None ``overrides`` (flags) on top."""
+    values = _flatten(_read_toml(Path(path)), str(path)) if path is not None else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return values

@@ -103,6 +103,15 @@ def any_flag(flag: bool, env: DistEnv) -> bool:
     return bool(t.item())
 
 
+def broadcast_floats(values: list[float], env: DistEnv, src: int = 0) -> list[float]:
+    """Rank ``src``'s ``values`` on every rank (float64, so integers up to 2**53 survive)."""
+    if not env.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    tdist.broadcast(t, src=src)
+    return t.tolist()
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         tdist.barrier()

@@ -4,6 +4,7 @@
     summary = vnmini.train(data="shards/", preset="tiny", out="runs/tiny", max_steps=2000)
     summary = vnmini.train("teacher.toml", lr=1e-3)             # a TOML file, keywords win
     summary = vnmini.train(config=cfg, resume=True)             # a TrainConfig
+    summary = vnmini.train(data="shards/", plan="auto", max_minutes=10)   # shape/batch/lr from `vnmini plan`
 
 Rows are non-overlapping windows of ``seq_len + 1`` tokens of the train split
 (row j starts at token j·seq_len), so ``Batch.positions`` are exact offsets
@@ -15,6 +16,8 @@ manifest; its hash must match the manifest's.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
 from vnmini.text.tokenizer import VnTokenizer
-from vnmini.training.config import TrainConfig, load_config
+from vnmini.training.config import TrainConfig, load_config, user_values
 from vnmini.training.trainer import Batch, Trainer
 
 
@@ -97,15 +100,78 @@ def make_model(cfg: TrainConfig, tok: VnTokenizer):
     return model
 
 
+def apply_auto_plan(cfg: TrainConfig, config: TrainConfig | str | Path | None,
+                    overrides: dict[str, Any]) -> TrainConfig:
+    """``--plan auto``: the settings :func:`vnmini.training.plan.plan` chooses, except those the user gave.
+
+    A resumed run keeps the plan recorded in its checkpoint (same shape, no second probe).
+    """
+    import json
+
+    from vnmini.training.plan import plan_for_config
+    from vnmini.training.rundir import find_resume_point
+
+    if isinstance(config, TrainConfig):
+        defaults = TrainConfig()
+        chosen = {k: v for k, v in config.to_dict().items() if k != "extra" and v != getattr(defaults, k)}
+        chosen.update({k: v for k, v in overrides.items() if v is not None})
+    else:
+        chosen = user_values(config, overrides)
+    found = find_resume_point(Path(cfg.out)) if cfg.resume else None
+    prev = json.loads((found / "vnmini.json").read_text(encoding="utf-8")).get("plan") if found else None
+    if prev:
+        rec = prev
+    else:
+        tp = plan_for_config(cfg, chosen)
+        rec = {"settings": tp.settings(), "chosen": dataclasses.asdict(tp.chosen), "minutes": tp.minutes,
+               "device": tp.device, "probe_s": tp.probe_s, "notes": tp.notes}
+        if _rank() == 0:
+            c = tp.chosen
+            print(f"plan auto ({tp.probe_s:.0f} s probe): {c.preset}, {c.global_batch_tokens:,}-token batches, "
+                  f"lr {c.lr:.2e}, warmup {c.warmup_steps}, ~{c.steps} steps, {c.epochs:.2f} epochs at "
+                  f"{c.tokens_per_s:,.0f} tok/s")
+            for note in tp.notes:
+                print(f"note: {note}")
+        cfg.extra["budget_spent_s"] = tp.probe_s  # the probe ran on the budget's time
+    cfg = cfg.replace(**{k: v for k, v in rec["settings"].items() if k not in chosen})
+    cfg.extra["plan"] = rec
+    return cfg.validate()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """Pretrain per ``config`` (TrainConfig, TOML path or None) with keyword overrides; returns a summary.
 
-    The summary has ``final`` (checkpoint folder), ``steps``, ``tokens``,
-    ``train_loss``, ``eval_loss``, ``eval_bpb``, ``tokens_per_s``, ``elapsed_s``.
+    The summary has ``final`` (checkpoint folder), ``steps``, ``tokens``, ``epochs``,
+    ``train_loss``, ``eval_loss``, ``eval_bpb``, ``tokens_per_s``, ``elapsed_s`` and,
+    with ``max_minutes``, ``time_plan``.
     """
     cfg = build_config(config, overrides)
     if not cfg.data:
         raise VnminiError("--data: give the token shard folder made by `vnmini data prepare`.")
+    group = None
+    if cfg.plan == "auto":
+        from vnmini.training import dist
+
+        # Under torchrun the probe and the run share one process group (joined here, left at the end).
+        group = dist.setup(cfg.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+        try:
+            cfg = apply_auto_plan(cfg, config, overrides)
+        except BaseException:
+            if group is not None:
+                dist.teardown(group)
+            raise
+    try:
+        return _train(cfg)
+    finally:
+        if group is not None:
+            dist.teardown(group)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     tok = resolve_tokenizer(cfg.data, cfg.tokenizer)
     train_r = ShardReader(cfg.data, "train", tokenizer_hash=tok.hash)
     val_r = (ShardReader(cfg.data, "val", tokenizer_hash=tok.hash)

@@ -14,6 +14,12 @@ The hooks (what a new kind of training plugs in)::
     loss_fn : (module, batch) -> (loss, {"name": float, ...})   # default: cross-entropy
     forward : (module, batch) -> logits [B, T, V]               # used by eval; default module(batch.input_ids)
 
+The lr schedule and the ``--max-minutes`` plan live in :mod:`vnmini.training.schedule`:
+with a time budget the loop measures its own throughput, plans the step count and
+the WSD decay to end at the deadline, and keeps the plan in ``trainer_state.pt``.
+Epochs over the training rows are reported in the progress line, ``metrics.jsonl``
+and ``vnmini.json``.
+
 A :class:`Batch` carries ``input_ids``/``targets`` ``[B, T]`` (targets -100 =
 no loss) and ``positions`` ``[B]``: the offset, in the split's token stream, of
 each row's first input token, so a teacher cache aligned with the token shards
@@ -46,9 +52,6 @@ import gc
 import json
 import math
 import random
-import re
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +69,22 @@ from vnmini.metrics import BpbMeter
 from vnmini.outputs import run_lock
 from vnmini.paths import describe_kind, path_kind
 from vnmini.progress import progress_bar
-from vnmini.training import dist
+from vnmini.training import dist, schedule
 from vnmini.training.config import TrainConfig
+from vnmini.training.rundir import (
+    METRICS_FILE,
+    PLOT_FILE,
+    RESUME_HINT,
+    STATE_FILE,
+    Interrupted,
+    clean_stale,
+    find_resume_point,
+    prune_steps,
+    read_metrics,
+    saved_step,
+)
+from vnmini.training.schedule import TimeBudget, TimePlan, lr_at, plan_message, stop_step
 
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # Dense bf16 peak FLOP/s for MFU on the GPUs this project targets.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
 
@@ -127,23 +139,6 @@ def ce_loss(kernels: str = "auto", forward: ForwardFn = default_forward) -> Loss
     return loss_fn
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup then cosine / WSD / constant."""
-    lo = cfg.lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "wsd":
-        decay_start = max(cfg.warmup_steps, int(cfg.max_steps * (1 - cfg.decay_fraction)))
-        if step < decay_start:
-            return cfg.lr
-        frac = (step - decay_start) / max(1, cfg.max_steps - decay_start)
-        return cfg.lr + (lo - cfg.lr) * min(1.0, frac)
-    frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
 @functools.lru_cache(maxsize=4)
 def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -177,47 +172,6 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-RESUME_HINT = "Continue by rerunning the same command with --resume (`vnmini quickstart` resumes by itself)."
-
-
-class Interrupted(VnminiError):
-    """Ctrl-C during training: the message says what was saved; the CLI exits 130."""
-
-    exit_code = 130
-
-
-def _saved_step(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / "vnmini.json").read_text(encoding="utf-8"))["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
-
-
-def find_resume_point(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest step that holds a complete ``trainer_state.pt``."""
-    best: tuple[int, Path] | None = None
-    for d in run_dir.glob("*") if run_dir.is_dir() else []:
-        if not (d.is_dir() and (d / STATE_FILE).is_file() and (_STEP_DIR.match(d.name) or d.name == "final")):
-            continue
-        step = _saved_step(d)
-        if step < 0:
-            continue
-        if best is None or step > best[0] or (step == best[0] and d.name != "final"):
-            best = (step, d)
-    return best[1] if best else None
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a SIGKILL can cut the last line
-            out.append(json.loads(line))
-    return out
-
-
 class Trainer:
     """One training run: ``Trainer(cfg, model, source, tokenizer=tok).fit() -> summary dict``.
 
@@ -237,6 +191,7 @@ class Trainer:
         module: nn.Module | None = None,
         kind: str = "pretrain",
         log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg.validate()
         self.model, self.source, self.tokenizer, self.kind = model, source, tokenizer, kind
@@ -277,6 +232,16 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.flops_per_token = model.config.flops_per_token(cfg.seq_len) if hasattr(model, "config") else None
         self.peak_flops = _peak_flops(self.device)
+        # One clock for tok/s, elapsed and the time plan; looked up per call so tests can patch schedule.now.
+        self.clock = clock or (lambda: schedule.now())
+        self.budget: TimeBudget | None = None
+        self.plan: TimePlan | None = None  # the time plan the lr follows (a resumed one until fit() makes its own)
+        self._last_ckpt: Path | None = None
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the training rows so far (the data order repeats each epoch in a new permutation)."""
+        return self.step * self.global_seqs / self.source.train_rows
 
     # ----------------------------------------------------------- batches
     def _micro_batch(self, step: int, micro: int) -> Batch:
@@ -295,9 +260,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Cross-entropy loss and bits per byte on the first ``eval_tokens`` validation tokens."""
         cfg, src, world = self.cfg, self.source, self.env.world_size
-        n = min(src.val_rows, max(1, cfg.eval_tokens // cfg.seq_len)) if cfg.eval_tokens else 0
-        n -= n % world  # equal work per rank (FSDP forwards are collective)
-        if n <= 0 or self.tokenizer is None:
+        n = self._eval_rows()
+        if n <= 0:
             return {}
         token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.float64, device=self.device)
         nll = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll, tokens, bytes
@@ -345,7 +309,8 @@ class Trainer:
             "optimizer": dist.optimizer_state(self.model, self.opt, self.env, self.cfg.fsdp),
             "optimizer_format": "fsdp-full" if self.cfg.fsdp else "plain",
             "scheduler": {"schedule": self.cfg.schedule, "step": self.step,
-                          "lr": lr_at(self.cfg, max(0, self.step - 1))},
+                          "lr": lr_at(self.cfg, max(0, self.step - 1), self.plan),
+                          "plan": self.budget.state() if self.budget else (self.plan.to_dict() if self.plan else None)},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -364,16 +329,20 @@ class Trainer:
         if not self.is_main:
             return None
         folder = self.run_dir / name
-        prov = {"kind": self.kind, "step": self.step, "tokens_seen": self.tokens_seen, "config": self.cfg.to_dict(),
+        prov = {"kind": self.kind, "step": self.step, "tokens_seen": self.tokens_seen,
+                "epochs": round(self.epochs, 4), "rows_per_epoch": self.source.train_rows,
+                "tokens_per_epoch": self.source.train_rows * self.source.seq_len, "config": self.cfg.to_dict(),
                 **{k: v for k, v in self.last_eval.items() if k.startswith("eval_")}}
+        if state["scheduler"]["plan"]:
+            prov["time_plan"] = state["scheduler"]["plan"]
+        if self.cfg.extra.get("plan"):
+            prov["plan"] = self.cfg.extra["plan"]  # what `--plan auto` chose (vnmini plan's table row)
         save_checkpoint(full, folder, tokenizer=self.tokenizer, provenance=prov)
         # The HF folder is complete on its own; a run is resumable from it once this lands.
         with atomic_path(folder / STATE_FILE) as tmp:
             torch.save(state, tmp)
         if name != "final":
-            steps = sorted((d for d in self.run_dir.glob("step_*") if _STEP_DIR.match(d.name)), key=lambda d: d.name)
-            for old in steps[: -self.cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_steps(self.run_dir, self.cfg.keep_last)
         return folder
 
     def _load(self, folder: Path) -> None:
@@ -397,6 +366,7 @@ class Trainer:
         dist.load_model(self.model, ck.model.state_dict(), self.env, self.cfg.fsdp)
         dist.load_optimizer(self.model, self.opt, state["optimizer"], self.env, self.cfg.fsdp)
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.plan = TimePlan.from_dict(state.get("scheduler", {}).get("plan"))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -422,9 +392,7 @@ class Trainer:
             self._lock = contextlib.ExitStack()
             self._lock.enter_context(run_lock(self.run_dir))
             # Leftovers of a killed save: temp folders/files from atomic_dir/atomic_path.
-            for p in (list(self.run_dir.glob(".*.tmp")) + list(self.run_dir.glob(".*.old-*"))
-                      + list(self.run_dir.glob("*/.*.tmp"))):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            clean_stale(self.run_dir)
         dist.barrier(self.env)
         found = find_resume_point(self.run_dir)
         if found is not None and not cfg.resume:
@@ -465,6 +433,75 @@ class Trainer:
         self._plot()
 
     # -------------------------------------------------------------- fit
+    def train_step(self) -> tuple[float, float, float, dict[str, float]]:
+        """One optimizer step over the global batch of ``self.step``: (lr, loss, grad norm, loss_fn extras)."""
+        cfg = self.cfg
+        lr = lr_at(cfg, self.step, self.plan)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        extras: dict[str, float] = {}
+        for m in range(self.accum):
+            batch = self._micro_batch(self.step, m)
+            # Gradients are all-reduced once per optimizer step, on the last micro step.
+            sync = self._ddp.no_sync() if self._ddp and m < self.accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    loss, mets = self.loss_fn(self.module, batch)
+                (loss / self.accum).backward()
+            total += loss.detach().double()
+            for k, v in mets.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / self.accum
+        dist.all_reduce_sum(total, self.env)
+        loss_val = float(total) / (self.accum * self.env.world_size)
+        gnorm = dist.grad_norm_clip(self.model, cfg.grad_clip)
+        if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+            last = self._last_ckpt
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise VnminiError(f"step {self.step + 1}: {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
+                              f"is {loss_val if not math.isfinite(loss_val) else gnorm}; stopped ({where}). "
+                              "Lower --lr, raise --warmup-steps or check the data, then --resume.")
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += cfg.global_batch_tokens
+        return lr, loss_val, gnorm, extras
+
+    def _eval_rows(self) -> int:
+        """Validation rows one eval scores (0: no eval), the same number on every rank."""
+        cfg = self.cfg
+        n = min(self.source.val_rows, max(1, cfg.eval_tokens // cfg.seq_len)) if cfg.eval_tokens else 0
+        return n - n % self.env.world_size if self.tokenizer is not None else 0  # FSDP forwards are collective
+
+    def _start_budget(self) -> None:
+        if self.cfg.max_minutes is None:
+            if self.plan is not None and self.plan.planned_steps:
+                self._log(f"note: following the saved time plan ({self.plan.planned_steps} steps) without a clock")
+            return
+        self.budget = TimeBudget(self.cfg, self.env, n_params=sum(p.numel() for p in self.model.parameters()),
+                                 eval_tokens=self._eval_rows() * self.cfg.seq_len, plan=self.plan, clock=self.clock)
+        self.plan = self.budget.plan
+        self._log(self.budget.start_message())
+
+    def _stop_step(self) -> int:
+        return stop_step(self.plan, self.cfg.step_limit)
+
+    def _on_plan(self, reason: str, progress: Any) -> None:
+        assert self.budget is not None
+        self.plan = self.budget.plan
+        rec = self.budget.record(self.step, reason, self.global_seqs, self.source.train_rows)
+        self._write(rec)
+        self._log(plan_message(rec))
+        progress.update(total=self._stop_step())
+
+    @contextlib.contextmanager
+    def _pause(self, kind: str):
+        """An eval or save: out of the tok/s window and, under a time budget, measured as that kind of pause."""
+        t = self.clock()
+        with self.budget.pause(kind) if self.budget else contextlib.nullcontext():
+            yield
+        self._window_t += self.clock() - t
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         try:
@@ -473,91 +510,72 @@ class Trainer:
             self._release_lock()
             raise
         self.module.train()
+        self._start_budget()
+        total = self._stop_step() if self.budget is None or self.plan.planned_steps else None
         progress = progress_bar(
-            "train", cfg.max_steps, enabled=self.is_main and cfg.progress, completed=self.step,
-            fields="loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s{task.fields[mfu]}",
-            loss="-", lr="-", tps="-", mfu="")
-        t_start = time.perf_counter()
-        window_t, window_tok, tok_s = time.perf_counter(), 0, 0.0
-        last_ckpt = find_resume_point(self.run_dir)
+            "train", total or self.step + self.budget.probe_steps, enabled=self.is_main and cfg.progress,
+            completed=self.step,
+            fields="loss {task.fields[loss]} · lr {task.fields[lr]} · ep {task.fields[ep]} · "
+                   "{task.fields[tps]} tok/s{task.fields[mfu]}",
+            loss="-", lr="-", ep=f"{self.epochs:.2f}", tps="-", mfu="")
+        t_start = self.clock()
+        self._window_t, window_tok, tok_s = t_start, 0, 0.0
+        self._last_ckpt = find_resume_point(self.run_dir)
         loss_val = float("nan")
         stopped_early = False
         try:
             try:
-                while self.step < cfg.max_steps:
-                    lr = lr_at(cfg, self.step)
-                    for g in self.opt.param_groups:
-                        g["lr"] = lr
-                    total = torch.zeros((), dtype=torch.float64, device=self.device)
-                    extras: dict[str, float] = {}
-                    for m in range(self.accum):
-                        batch = self._micro_batch(self.step, m)
-                        # Gradients are all-reduced once per optimizer step, on the last micro step.
-                        sync = self._ddp.no_sync() if self._ddp and m < self.accum - 1 else contextlib.nullcontext()
-                        with sync:
-                            with self._autocast():
-                                loss, mets = self.loss_fn(self.module, batch)
-                            (loss / self.accum).backward()
-                        total += loss.detach().double()
-                        for k, v in mets.items():
-                            extras[k] = extras.get(k, 0.0) + float(v) / self.accum
-                    dist.all_reduce_sum(total, self.env)
-                    loss_val = float(total) / (self.accum * self.env.world_size)
-                    gnorm = dist.grad_norm_clip(self.model, cfg.grad_clip)
-                    if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
-                        where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt
-                                 else "no checkpoint was written yet")
-                        raise VnminiError(f"step {self.step + 1}: "
-                                          f"{'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
-                                          f"is {loss_val if not math.isfinite(loss_val) else gnorm}; "
-                                          f"stopped ({where}). "
-                                          "Lower --lr, raise --warmup-steps or check the data, then --resume.")
-                    self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
-                    self.step += 1
-                    self.tokens_seen += cfg.global_batch_tokens
+                while self.step < self._stop_step():
+                    lr, loss_val, gnorm, extras = self.train_step()
                     window_tok += cfg.global_batch_tokens
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        now = time.perf_counter()
-                        tok_s = window_tok / max(now - window_t, 1e-9)
-                        window_t, window_tok = now, 0
+                    if self.step % cfg.log_every == 0 or self.step >= self._stop_step():
+                        now = self.clock()
+                        tok_s = window_tok / max(now - self._window_t, 1e-9)
+                        self._window_t, window_tok = now, 0
                     mfu = (tok_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
                            if self.peak_flops and self.flops_per_token else None)
                     rec = {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": gnorm,
-                           "tokens": self.tokens_seen, "tokens_per_s": round(tok_s, 1),
-                           "elapsed_s": round(time.perf_counter() - t_start, 3), **extras}
+                           "tokens": self.tokens_seen, "epoch": round(self.epochs, 4), "tokens_per_s": round(tok_s, 1),
+                           "elapsed_s": round(self.clock() - t_start, 3), **extras}
                     if mfu is not None:
                         rec["mfu"] = round(mfu, 4)
                     self._write(rec)
+                    out_of_time = False
+                    if self.budget is not None:
+                        out_of_time, reason = self.budget.after_step(self.step, lr_at)
+                        if reason:
+                            self._on_plan(reason, progress)
                     progress.update(completed=self.step, loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", tps=f"{tok_s:,.0f}",
-                                    mfu=f" · MFU {mfu:.1%}" if mfu is not None else "")
-                    out_of_time = cfg.max_minutes is not None and dist.any_flag(
-                        time.perf_counter() - t_start > cfg.max_minutes * 60, self.env)
-                    done = self.step == cfg.max_steps or out_of_time
+                                    ep=f"{self.epochs:.2f}", mfu=f" · MFU {mfu:.1%}" if mfu is not None else "")
+                    done = self.step >= self._stop_step() or out_of_time
                     if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
-                        t_pause = time.perf_counter()
-                        self._eval_and_log()
-                        window_t += time.perf_counter() - t_pause
+                        with self._pause("eval"):
+                            self._eval_and_log()
                     if cfg.save_every and self.step % cfg.save_every == 0 and not done:
-                        t_pause = time.perf_counter()
-                        last_ckpt = self.save(f"step_{self.step:06d}") or last_ckpt
-                        window_t += time.perf_counter() - t_pause
+                        with self._pause("save"):
+                            self._last_ckpt = self.save(f"step_{self.step:06d}") or self._last_ckpt
                     if out_of_time:
                         stopped_early = True
-                        self._log(f"--max-minutes {cfg.max_minutes} reached at step {self.step}")
+                        planned = f" of {self.plan.planned_steps} planned" if self.plan.planned_steps else ""
+                        self._log(f"--max-minutes {cfg.max_minutes}: out of time at step {self.step}{planned}; "
+                                  "stopping with the final eval and checkpoint")
                         break
             except KeyboardInterrupt:
                 progress.close()
                 raise self._interrupted() from None
-            if not self.last_eval:  # resumed at (or past) max_steps: nothing trained, still report
+            if not self.last_eval:  # resumed at (or past) the last step: nothing trained, still report
                 self._eval_and_log()
             final = self.save("final")
         finally:
             progress.close()
             self._release_lock()
-        return {"run_dir": str(self.run_dir), "final": str(final) if final else None, "steps": self.step,
-                "tokens": self.tokens_seen, "train_loss": loss_val, "stopped_early": stopped_early,
-                "elapsed_s": time.perf_counter() - t_start, "tokens_per_s": tok_s, **self.last_eval}
+        out = {"run_dir": str(self.run_dir), "final": str(final) if final else None, "steps": self.step,
+               "tokens": self.tokens_seen, "epochs": self.epochs, "train_loss": loss_val,
+               "stopped_early": stopped_early, "elapsed_s": self.clock() - t_start, "tokens_per_s": tok_s,
+               **self.last_eval}
+        if self.budget is not None:
+            out["time_plan"] = self.budget.state()
+        return out
 
     def _release_lock(self) -> None:
         if getattr(self, "_lock", None) is not None:
@@ -572,7 +590,7 @@ class Trainer:
         last = find_resume_point(self.run_dir)
         if self.step == 0:
             return Interrupted(f"interrupted before the first step; nothing to save in {self.run_dir}.")
-        if last is not None and _saved_step(last) == self.step:
+        if last is not None and saved_step(last) == self.step:
             return Interrupted(f"interrupted at step {self.step}; {last} holds it. {RESUME_HINT}")
         self._log(f"interrupted: saving step {self.step} (Ctrl-C again to abandon it)")
         folder = self.save(f"step_{self.step:06d}")

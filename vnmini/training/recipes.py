@@ -1,0 +1,128 @@
+"""Training recipes: the rule constants behind ``vnmini plan`` and ``--plan auto``, in one place.
+
+A recipe turns (a model shape, its measured tokens/s, a time budget, the data
+size) into batch, lr, warmup, schedule and step count. Presets, the quickstart
+and the planner take their numbers from here, so they cannot disagree.
+
+Evidence (issue 16; a 2-core x86 CPU, the default statute corpus with its 16k
+BPE, bits per byte on the first 16,384 tokens of the held-out Civil Code):
+
+- ``tiny``, ``--global-batch-tokens 2048 --warmup-steps 20 --schedule wsd``, 400
+  steps (819k tokens, ~4-5 min idle): **0.98** bpb. The quickstart's settings of the
+  time (8,192-token batches, 80 steps: about as many tokens) left its best artifact
+  at **1.48**: at minutes-scale budgets the number of optimizer steps matters more
+  than the batch, so batches start small (``min_batch_tokens``) and grow only once
+  the budget buys more than ``TARGET_STEPS`` steps.
+- ``benchmarks/train_tiny.py`` (``benchmarks/results_train.md``): ``tiny``, 8,192-token
+  batches, cosine, 201 steps in 7.5 min: 1.118 held-out bpb (fewer, bigger steps).
+
+Everything else below is a rule of thumb, marked ``# rule:``, until
+``benchmarks/recipe_sweep.py`` measures it (``benchmarks/results_recipes.md``)::
+
+    from vnmini.training.recipes import recipe_for
+    r = recipe_for("cpu", hidden_size=192, params=5.5e6, tokens_per_s=3600, budget_s=600, train_tokens=1e6)
+    r.global_batch_tokens, r.lr, r.warmup_steps, r.steps_hint
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceRules:
+    candidates: tuple[str, ...]  # presets `vnmini plan` probes on this kind of device
+    seq_len: int
+    micro_batch: int
+    min_batch_tokens: int
+    max_batch_tokens: int
+
+
+RULES = {
+    # Measured: tiny at seq 256 × micro 8 and 2,048-token batches (the 0.98 bpb run above).
+    # rule: mini is the biggest shape that can take a few hundred steps in an hour on 2 cores.
+    "cpu": DeviceRules(candidates=("micro", "tiny", "mini"), seq_len=256, micro_batch=8,
+                       min_batch_tokens=2048, max_batch_tokens=65536),
+    # rule: the README's H100 teacher recipe (seq 2048, micro 8, up to 512k-token batches); unmeasured.
+    "cuda": DeviceRules(candidates=("mini", "small", "medium", "large"), seq_len=2048, micro_batch=8,
+                        min_batch_tokens=65536, max_batch_tokens=524288),
+}
+
+SCHEDULE = "wsd"  # measured: WSD beat cosine at minutes-scale budgets (quickstart note, the 0.98 run)
+DECAY_FRACTION = 0.2  # rule: the common WSD choice (MiniCPM, SmolLM); swept by recipe_sweep.py
+MIN_LR_RATIO = 0.1
+TARGET_STEPS = 400  # measured: 400 steps of 2,048 tokens gave 0.98; batches grow only past this many steps
+WARMUP_MIN = 20  # measured: 20 warmup steps in the 0.98 run (5% of it)
+WARMUP_FRACTION = 0.05
+WARMUP_MAX = 1000
+LR_REF, LR_REF_WIDTH = 3e-3, 192  # measured at tiny (width 192); rule: lr ∝ 1/width above it (muP-style)
+MIN_TOKENS_PER_PARAM = 0.1  # rule: the measured tiny run had 0.15; a shape that gets fewer tokens is too big
+MIN_STEPS = 200  # rule: fewer optimizer steps than this and a smaller shape wins
+MAX_EPOCHS = 4.0  # Muennighoff et al. 2023: up to ~4 epochs, repeated tokens are worth about as much as new
+EVALS_PER_RUN = 8  # evals along a planned run (each costs forward time; the curve needs a few points)
+SAVES_PER_RUN = 4  # resumable checkpoints along a planned run
+EVAL_SHARE = 0.05  # ... but evals never take more than this share of the training time (fewer evals instead)
+SAVE_SHARE = 0.02  # ... and checkpoints this share
+
+
+def every(steps: int, per_run: int, pause_s: float, step_s: float, share: float) -> int:
+    """Eval/save interval: ``per_run`` times a run, spaced so pauses stay under ``share`` of the step time."""
+    cap = pause_s / max(share * step_s, 1e-12)
+    return max(1, steps // per_run, int(cap + 0.999))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seq_len: int
+    micro_batch: int
+    global_batch_tokens: int
+    lr: float
+    warmup_steps: int
+    schedule: str
+    decay_fraction: float
+    steps_hint: int  # steps the budget buys at the measured rate, before eval/save pauses
+    eligible: bool  # the rules' verdict on this shape for this budget
+    why: str
+
+
+def pow2_floor(x: float) -> int:
+    n = 1
+    while n * 2 <= x:
+        n *= 2
+    return n
+
+
+def lr_for(hidden_size: int) -> float:
+    return LR_REF * min(1.0, LR_REF_WIDTH / hidden_size)
+
+
+def batch_for(tokens: float, rules: DeviceRules, seq_len: int, micro_batch: int) -> int:
+    """The global batch: small enough for TARGET_STEPS optimizer steps, a multiple of one forward."""
+    per_forward = seq_len * micro_batch
+    b = min(rules.max_batch_tokens, max(rules.min_batch_tokens, pow2_floor(tokens / TARGET_STEPS)))
+    return max(per_forward, b // per_forward * per_forward)
+
+
+def warmup_for(steps: int) -> int:
+    return int(min(WARMUP_MAX, max(WARMUP_MIN, round(WARMUP_FRACTION * steps))))
+
+
+def recipe_for(device: str, *, hidden_size: int, params: float, tokens_per_s: float, budget_s: float,
+               train_tokens: float, seq_len: int | None = None, micro_batch: int | None = None,
+               global_batch_tokens: int | None = None) -> Recipe:
+    """The rules applied to one shape; pass ``seq_len``/``micro_batch``/``global_batch_tokens`` to fix them."""
+    rules = RULES["cuda" if device.startswith("cuda") else "cpu"]
+    seq = seq_len or rules.seq_len
+    micro = micro_batch or rules.micro_batch
+    tokens = tokens_per_s * budget_s
+    batch = global_batch_tokens or batch_for(tokens, rules, seq, micro)
+    steps = int(tokens // batch)
+    ratio = tokens / max(params, 1.0)
+    if ratio < MIN_TOKENS_PER_PARAM:
+        why = f"{ratio:.2f} tokens/param < {MIN_TOKENS_PER_PARAM}: too big for the budget"
+    elif steps < MIN_STEPS:
+        why = f"{steps} steps < {MIN_STEPS}: too slow for the budget"
+    else:
+        why = f"{ratio:.2f} tokens/param"
+    return Recipe(seq, micro, batch, lr_for(hidden_size), warmup_for(steps), SCHEDULE, DECAY_FRACTION, steps,
+                  ratio >= MIN_TOKENS_PER_PARAM and steps >= MIN_STEPS, why)
