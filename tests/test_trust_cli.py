@@ -26,7 +26,7 @@ def vnmini(*args, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv, says", [
     (["trian"], "No such command 'trian'"),
-    (["tokenizer", "adopt"], "No such command 'adopt'"),
+    (["tokenizer", "adpot"], "No such command 'adpot'"),
     (["export", "gguf", "--bogus"], "No such option: --bogus"),
     (["train", "--max-steps", "many"], "Invalid value for '--max-steps'"),
 ])
