@@ -105,30 +105,37 @@ def online_loss(teacher: Teacher, alpha: float = 0.5, kind: str = "forward", tem
     return loss_fn
 
 
-def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", skew_lambda: float = 0.1,
-               kernels: str = "auto") -> LossFn:
-    """Trainer loss hook: sparse KL against the cached top-k (+ leftover mass) at the batch's positions."""
+def _sparse_loss(teacher_topk: Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]], temperature: float,
+                 alpha: float, kind: str, skew_lambda: float, kernels: str) -> LossFn:
+    """alpha · sparse KL (teacher top-k ids/log-probs [B·T, k] + leftover bucket) + (1 − alpha) · CE."""
     ce_fn = cross_entropy_fn(kernels)
-    temperature = cache.temperature
 
     def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         from vnmini.kernels import sparse_kd_loss
 
         logits = module(batch.input_ids)
-        b, t, v = logits.shape
+        v = logits.shape[-1]
         flat = logits.reshape(-1, v)
         targets = batch.targets.reshape(-1)
         kd = ce = None
         if alpha > 0:
-            ids, logp = cache.lookup(batch.positions, t)
+            ids, logp = teacher_topk(batch, v)
             dev = flat.device
-            kd = sparse_kd_loss(flat, ids.reshape(b * t, -1).to(dev), logp.reshape(b * t, -1).to(dev), kind=kind,
-                                temperature=temperature, skew_lambda=skew_lambda, mask=targets != -100, backend=kernels)
+            kd = sparse_kd_loss(flat, ids.reshape(flat.shape[0], -1).to(dev), logp.reshape(flat.shape[0], -1).to(dev),
+                                kind=kind, temperature=temperature, skew_lambda=skew_lambda, mask=targets != -100,
+                                backend=kernels)
         if alpha < 1:
             ce = ce_fn(flat, targets)
         return _combine(kd, ce, alpha)
 
     return loss_fn
+
+
+def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", skew_lambda: float = 0.1,
+               kernels: str = "auto") -> LossFn:
+    """Trainer loss hook: sparse KL against the cached top-k (+ leftover mass) at the batch's positions."""
+    return _sparse_loss(lambda batch, v: cache.lookup(batch.positions, batch.input_ids.shape[1]), cache.temperature,
+                        alpha, kind, skew_lambda, kernels)
 
 
 def mapped_online_loss(teacher: MappedTeacher, k: int = 64, alpha: float = 0.5, kind: str = "forward",
@@ -136,27 +143,12 @@ def mapped_online_loss(teacher: MappedTeacher, k: int = 64, alpha: float = 0.5, 
     """Trainer loss hook for a teacher with a bigger vocabulary (adopted map): sparse KL against its top-k
     over the student's ids, with everything else — the student's other ids and the tokens it can't say
     (``--teacher-vocab full``) — in the leftover bucket, exactly as a cache written from that teacher."""
-    ce_fn = cross_entropy_fn(kernels)
 
-    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from vnmini.kernels import sparse_kd_loss
+    def topk(batch: Batch, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        top_lp, top_ids = teacher.student_logprobs(batch.input_ids, temperature).reshape(-1, v).topk(min(k, v), -1)
+        return top_ids, top_lp
 
-        logits = module(batch.input_ids)
-        b, t, v = logits.shape
-        flat = logits.reshape(-1, v)
-        targets = batch.targets.reshape(-1)
-        kd = ce = None
-        if alpha > 0:
-            lp = teacher.student_logprobs(batch.input_ids, temperature).reshape(b * t, v)
-            top_lp, top_ids = lp.topk(min(k, v), -1)
-            dev = flat.device
-            kd = sparse_kd_loss(flat, top_ids.to(dev), top_lp.to(dev), kind=kind, temperature=temperature,
-                                skew_lambda=skew_lambda, mask=targets != -100, backend=kernels)
-        if alpha < 1:
-            ce = ce_fn(flat, targets)
-        return _combine(kd, ce, alpha)
-
-    return loss_fn
+    return _sparse_loss(topk, temperature, alpha, kind, skew_lambda, kernels)
 
 
 def _check_cache(cache: TeacherCache, cfg: TrainConfig, tok_hash: str, temperature: float | None) -> None:
