@@ -240,20 +240,14 @@ class TimeBudget:
             # replaces the guess but is dropped from the running mean once a steady one is measured.
             first = kind not in self._seen
             self._seen.add(kind)
-            if kind == "eval":
-                p.eval_seen += 1
+            if kind in ("eval", "save"):  # fields <kind>_seen, <kind>_n (steady count) and <kind>_s (mean)
+                setattr(p, f"{kind}_seen", getattr(p, f"{kind}_seen") + 1)
+                n, mean = getattr(p, f"{kind}_n"), getattr(p, f"{kind}_s")
                 if first:
-                    p.eval_s = d if not p.eval_n else p.eval_s
+                    setattr(p, f"{kind}_s", d if not n else mean)
                 else:
-                    p.eval_n += 1
-                    p.eval_s = d if p.eval_n == 1 else p.eval_s + (d - p.eval_s) / p.eval_n
-            elif kind == "save":
-                p.save_seen += 1
-                if first:
-                    p.save_s = d if not p.save_n else p.save_s
-                else:
-                    p.save_n += 1
-                    p.save_s = d if p.save_n == 1 else p.save_s + (d - p.save_s) / p.save_n
+                    setattr(p, f"{kind}_n", n + 1)
+                    setattr(p, f"{kind}_s", d if n == 0 else mean + (d - mean) / (n + 1))
 
     def _measure(self) -> None:
         t = self.clock()
