@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_schedule import FakeClock
+from test_schedule import install_clock
 
 from vnmini.training import schedule
 from vnmini.training.trainer import Trainer, read_metrics
@@ -31,15 +31,7 @@ def shards(tmp_path_factory, law_corpus):
 
 @pytest.fixture
 def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(schedule, "now", c)
-    orig = Trainer._micro_batch
-
-    def timed(self, step, micro):
-        c.t += DT
-        return orig(self, step, micro)
-
-    monkeypatch.setattr(Trainer, "_micro_batch", timed)
+    c = install_clock(monkeypatch, DT)
     ev, sv = Trainer.evaluate, Trainer.save
 
     def evaluate(self):

@@ -47,18 +47,23 @@ def corpus(tmp_path_factory, law_corpus):
     return d
 
 
-@pytest.fixture
-def clock(monkeypatch):
+def install_clock(mp: pytest.MonkeyPatch, dt: float) -> FakeClock:
+    """Replace the trainer's clock by a FakeClock that advances ``dt`` per micro batch (2x from ``slow_from``)."""
     c = FakeClock()
-    monkeypatch.setattr(schedule, "now", c)
+    mp.setattr(schedule, "now", c)
     orig = Trainer._micro_batch
 
     def timed(self, step, micro):
-        c.t += DT * (2 if c.slow_from is not None and step >= c.slow_from else 1)
+        c.t += dt * (2 if c.slow_from is not None and step >= c.slow_from else 1)
         return orig(self, step, micro)
 
-    monkeypatch.setattr(Trainer, "_micro_batch", timed)
+    mp.setattr(Trainer, "_micro_batch", timed)
     return c
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    return install_clock(monkeypatch, DT)
 
 
 def kw(corpus, out, **extra):
@@ -84,15 +89,7 @@ def uninterrupted(tmp_path_factory, corpus):
     from vnmini.training.pretrain import train
 
     mp = pytest.MonkeyPatch()
-    c = FakeClock()
-    mp.setattr(schedule, "now", c)
-    orig = Trainer._micro_batch
-
-    def timed(self, step, micro):
-        c.t += DT
-        return orig(self, step, micro)
-
-    mp.setattr(Trainer, "_micro_batch", timed)
+    c = install_clock(mp, DT)
     try:
         out = tmp_path_factory.mktemp("full") / "run"
         s = train(**kw(corpus, out))
