@@ -10,7 +10,7 @@ autocast on CUDA, fused AdamW, gradient accumulation off (one micro batch per
 step). The first steps (CUDA context, cuBLAS autotuning, ``torch.compile``) are
 timed separately; tokens/s is over the steps after them. MFU = tokens/s ×
 ``flops_per_token`` (6N + attention) / the GPU's dense bf16 peak from
-``trainer.PEAK_FLOPS``. Writes the table to ``benchmarks/results_gpu.md``
+``dist.PEAK_FLOPS``. Writes the table to ``benchmarks/results_gpu.md``
 (``--out``) as well as printing it; ``benchmarks/gpu_check.sh`` calls this.
 """
 

@@ -35,6 +35,18 @@ class DistEnv:
         return self.world_size > 1
 
 
+# Dense bf16 peak FLOP/s for MFU on the GPUs this project targets.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA ``device`` from :data:`PEAK_FLOPS` (None on CPU or an unlisted GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
 def pick_device(device: str, local_rank: int = 0) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -159,8 +159,7 @@ def plan(minutes: float, data: str | Path | None = None, device: str = "auto", p
 
     import torch
 
-    from vnmini.training.dist import pick_device
-    from vnmini.training.trainer import _peak_flops
+    from vnmini.training.dist import peak_flops, pick_device
 
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise VnminiError(f"--minutes: must be a positive number of minutes (got {minutes}).")
@@ -181,7 +180,7 @@ def plan(minutes: float, data: str | Path | None = None, device: str = "auto", p
     budget = minutes * 60
     total_probe = (probe_seconds if probe_seconds is not None
                    else min(PROBE_SECONDS[kind], PROBE_BUDGET_FRACTION * budget))
-    peak = _peak_flops(dev) * _world() if _peak_flops(dev) else None
+    peak = peak_flops(dev) * _world() if peak_flops(dev) else None
     t_start = schedule.now()
     rows: list[tuple[str, Any, float]] = []
     for i, name in enumerate(names):

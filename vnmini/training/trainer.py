@@ -85,9 +85,6 @@ from vnmini.training.rundir import (
 )
 from vnmini.training.schedule import TimeBudget, TimePlan, lr_at, plan_message, stop_step
 
-# Dense bf16 peak FLOP/s for MFU on the GPUs this project targets.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
-
 
 @dataclass
 class Batch:
@@ -165,13 +162,6 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
 class Trainer:
     """One training run: ``Trainer(cfg, model, source, tokenizer=tok).fit() -> summary dict``.
 
@@ -231,7 +221,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_eval: dict[str, float] = {}
         self.flops_per_token = model.config.flops_per_token(cfg.seq_len) if hasattr(model, "config") else None
-        self.peak_flops = _peak_flops(self.device)
+        self.peak_flops = dist.peak_flops(self.device)
         # One clock for tok/s, elapsed and the time plan; looked up per call so tests can patch schedule.now.
         self.clock = clock or (lambda: schedule.now())
         self.budget: TimeBudget | None = None
