@@ -219,3 +219,21 @@ def test_bad_budget_values_are_one_line(cli, corpus, tmp_path):
     assert code == 2 and "--max-minutes" in err and "Traceback" not in err
     code, _, err = cli("sft", "--data", tmp_path / "x.jsonl", "--init-from", corpus / "init", "--max-minutes", "-1")
     assert code == 2 and "--max-minutes" in err
+
+
+def test_transient_slowdowns_early_dont_leave_the_budget_unused():
+    """The measured failure (a 10-minute sweep run): bursts of contention early used the re-plans up, the later
+    steady speed-up could no longer lengthen the run, and it stopped 18% short of its budget."""
+    cfg = TrainConfig(data="unused", max_minutes=10, warmup_steps=20, global_batch_tokens=2048, eval_every=0,
+                      save_every=0, schedule="wsd", decay_fraction=0.2)
+    c = FakeClock()
+    tb = TimeBudget(cfg, DistEnv(rank=0, world_size=1), n_params=3_000_000, eval_tokens=0, clock=c)
+    step, stopped = 0, False
+    while step < tb.stop_step(cfg.step_limit) and not stopped:
+        # 0.40 s steps; six bursts of 2x slower steps in the first 3 minutes, then a steady 0.36 s.
+        burst = c.t < 180 and int(c.t) % 30 < 4
+        c.t += (0.8 if burst else 0.40) if c.t < 180 else 0.36
+        step += 1
+        stopped, _ = tb.after_step(step, lr_at)
+    assert not stopped and step == tb.plan.planned_steps
+    assert 0.97 * 600 <= c.t + tb.plan.final_s <= 600 + 1e-9, (c.t, tb.plan.replans)
