@@ -5,9 +5,9 @@
     python benchmarks/recipe_sweep.py --smoke                          # ~1 minute: proves the pipeline works
 
 Every variant changes one thing from the base recipe (``vnmini.training.recipes``:
-``tiny``, 16k vocabulary, 2,048-token batches, lr 3e-3, warmup 20, WSD with the
+``tiny``, 4k vocabulary, 2,048-token batches, lr 3e-3, warmup 20, WSD with the
 last 20 % decaying): global batch, lr, warmup, decay fraction, vocabulary size
-(4k/8k/16k, each its own ``vnmini tokenizer train`` + ``vnmini data prepare``) and
+(2k/4k/8k/16k, each its own ``vnmini tokenizer train`` + ``vnmini data prepare``) and
 shape (``micro`` … ``mini``). Each run is ``vnmini train --max-minutes M`` (so the
 time plan sizes it), then ``vnmini eval`` scores its final checkpoint on the same
 text for all: the first ``--heldout-bytes`` of the held-out statute code, which no
@@ -32,17 +32,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BASE = dict(preset="tiny", vocab=16384, batch=2048, lr=3e-3, warmup=20, decay=0.2)
+BASE = dict(preset="tiny", vocab=4096, batch=2048, lr=3e-3, warmup=20, decay=0.2)
 VARIANTS = {
     "base": {},
     "batch1024": dict(batch=1024), "batch4096": dict(batch=4096), "batch8192": dict(batch=8192),
     "lr1e-3": dict(lr=1e-3), "lr6e-3": dict(lr=6e-3),
     "warmup5": dict(warmup=5), "warmup60": dict(warmup=60),
     "decay0.1": dict(decay=0.1), "decay0.4": dict(decay=0.4),
-    "vocab4k": dict(vocab=4096), "vocab8k": dict(vocab=8192),
+    "vocab2k": dict(vocab=2048), "vocab8k": dict(vocab=8192), "vocab16k": dict(vocab=16384),
     "micro": dict(preset="micro"), "mini": dict(preset="mini"),
 }
-SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512}  # toy sizes a 150 KB slice can fill
+SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> str:
@@ -147,16 +147,19 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
     by = {(r["variant"], r["minutes"]): r for r in results}
     lines = [f"# Recipe sweep: held-out bpb at fixed wall-time budgets (`{Path(sys.argv[0]).name}`)", "",
              f"Held-out text: the first {heldout.stat().st_size:,} bytes of the held-out code, scored by "
-             "`vnmini eval --context 256`. One change from the base recipe per row; lower is better.", "",
+             "`vnmini eval --context 256`. One change from the base recipe per row; lower is better. tok/s is the "
+             "run's median training throughput: each run is one wall-clock budget, so a slower machine (another "
+             "process, a noisy host) gives it fewer steps; compare steps as well as bpb.", "",
              "| variant | preset | vocab | batch | lr | warmup | decay | "
-             + " | ".join(f"{m:g} min bpb (steps, epochs)" for m in mins) + " |",
+             + " | ".join(f"{m:g} min bpb (steps, epochs, tok/s)" for m in mins) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
     for n in names:
         r0 = next(r for r in results if r["variant"] == n)
         cells = []
         for m in mins:
             r = by.get((n, m))
-            cells.append(f"**{r['heldout_bpb']:.3f}** ({r['steps']}, {r['epochs']:.2f})" if r else "")
+            cells.append(f"**{r['heldout_bpb']:.3f}** ({r['steps']}, {r['epochs']:.2f}, {r['tokens_per_s'] or 0:,.0f})"
+                         if r else "")
         lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0['batch']} | {r0['lr']:g} | {r0['warmup']} | "
                      f"{r0['decay']} | " + " | ".join(cells) + " |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -205,7 +208,7 @@ def main() -> None:
     minutes = a.minutes
     if a.smoke:
         corpus = smoke_corpus(corpus, work)
-        names, minutes = ["base", "vocab4k"], [0.1]
+        names, minutes = ["base", "vocab2k"], [0.1]
     prefix = Path(a.out) if a.out else (work / "results_smoke" if a.smoke else HERE / "results_recipes")
     heldout = heldout_slice(corpus, work, 8192 if a.smoke else a.heldout_bytes)
     jsonl = prefix.with_suffix(".jsonl")

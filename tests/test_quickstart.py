@@ -46,14 +46,22 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
     code, stdout, err = cli("quickstart", "--tiny", "--out", out, "--wheel", wheel, "--threads", "2")
     assert code == 0, err
     report = (out / "report.md").read_text(encoding="utf-8")
-    for needle in ("Held-out bits per byte", "chat GGUF q4_0", "chat ONNX int8", "Speed", "chat answer"):
+    for needle in ("Held-out bits per byte", "chat GGUF q4_0", "chat ONNX int8", "Speed", "chat answer",
+                   "Distillation, measured in this run", "scratch control", "Chat SFT started from"):
         assert needle in report
     stages = json.loads((out / "stages.json").read_text())["stages"]
-    assert len(stages) == 11
+    assert len(stages) == 13
     assert stages["export GGUF"]["q8_0"]["report"]["passed"] is True
     assert stages["export ONNX"]["report"]["passed"] is True
     bpbs = {k: v["bpb"] for k, v in stages["eval held-out bpb"]["rows"].items()}
     assert all(0 < b < 20 for b in bpbs.values())
+    # The KD student and its control: same shape, same steps, both scored on the same text.
+    kd, ctl = stages["student (KD)"], stages["student (scratch control)"]
+    assert kd["steps"] == ctl["steps"] and kd["tokens"] == ctl["tokens"]
+    assert {"student, KD (torch fp32)", "student, scratch control (torch fp32)", "student, KD GGUF q4_0"} <= set(bpbs)
+    # Chat SFT starts from the better of teacher and KD student on the validation split.
+    best = min((stages["teacher"], kd), key=lambda r: r["eval_bpb"])
+    assert stages["chat SFT"]["init_from"] == best["final"]
     # q8_0 is close to the torch model it came from.
     assert abs(bpbs["chat GGUF q8_0"] - bpbs["chat (torch fp32)"]) / bpbs["chat (torch fp32)"] < 0.02
     for png in ("bpb.png", "bench/bench.png", "teacher/loss.png"):
@@ -61,7 +69,11 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
     # A rerun resumes: every stage is cached and nothing is recomputed.
     code, stdout, err = cli("quickstart", "--tiny", "--out", out, "--wheel", wheel)
     assert code == 0, err
-    assert stdout.count("cached") >= 11
+    assert stdout.count("cached") >= 13
     # Another profile in the same folder is refused, not mixed in.
     code, _, err = cli("quickstart", "--out", out, "--wheel", wheel)
     assert code == 2 and "--force" in err
+    # A budget without a profile is one line naming the flag and the choices.
+    code, _, err = cli("quickstart", "--minutes", "7", "--out", tmp_path / "other", "--wheel", wheel)
+    assert code == 2 and "--minutes" in err and "10" in err and "60" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "other").exists()

