@@ -133,3 +133,27 @@ def test_vocabulary_mismatch_is_refused(setup, tmp_path, tiny_checkpoint, tiny_t
     code, _, err = cli("distill", "--teacher", tiny_checkpoint, "--data", d / "shards", "--tokenizer", d / "tok",
                        "--out", tmp_path / "r", "--device", "cpu", "--no-progress")
     assert code == 2 and "vocabulary mismatch" in err and "sequence-level" in err
+
+
+def test_a_teacher_retrained_in_place_does_not_reuse_the_old_cache(setup, tmp_path):
+    """Found in a quickstart rerun: same folder, same shape, new weights; the old cache was silently kept."""
+    import shutil
+
+    from vnmini.checkpoint import load_checkpoint, save_checkpoint
+
+    d, tok = setup
+    teacher = tmp_path / "teacher"
+    shutil.copytree(d / "teacher", teacher)
+    kw = dict(k=4, seq_len=T, device="cpu", progress=False, max_windows=4)
+    out = tmp_path / "cache"
+    write_teacher_cache(teacher, d / "shards", out, **kw)
+    old = load_file(str(out / PART.format(0)))["logprobs"]
+    model = load_checkpoint(teacher).model
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # other weights, same shape and path
+    save_checkpoint(model, teacher, tokenizer=tok)
+    with pytest.raises(VnminiError, match=r"other settings \(teacher\)"):
+        write_teacher_cache(teacher, d / "shards", out, **kw)
+    write_teacher_cache(teacher, d / "shards", out, force=True, **kw)
+    new = load_file(str(out / PART.format(0)))["logprobs"]
+    assert not np.array_equal(new, old)

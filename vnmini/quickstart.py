@@ -202,10 +202,11 @@ def quickstart(
         raise VnminiError(f"--out {out}: is {describe_kind(kind)}, not a quickstart folder; vnmini won't write "
                           "into it (not even with --force). Choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
-    if force:  # redo every stage: the training runs start over instead of resuming
-        for run in ("teacher", "student", "scratch", "chat"):
-            if path_kind(out / run) == "run":
-                shutil.rmtree(out / run)
+    if force:  # redo every stage: the training runs (and the cache of the old teacher) start over
+        for name, kind in (("teacher", "run"), ("teacher-cache", "teacher-cache"), ("student", "run"),
+                           ("scratch", "run"), ("chat", "run")):
+            if path_kind(out / name) == kind:
+                shutil.rmtree(out / name)
     if threads:
         torch.set_num_threads(threads)
     st = Stages(out, prof, force, console)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from vnmini.errors import VnminiError
+from vnmini.paths import weights_fingerprint
 
 VOCAB_MODES = ("full", "mapped")
 _ID_KEYS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
@@ -88,8 +89,9 @@ class MappedTeacher:
         self.student_vocab = len(id_map)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "vocab_size": self.teacher_vocab, "student_vocab": self.student_vocab,
-                "vocab_mode": self.vocab_mode, "bos_prefix": self.bos_id is not None, "backend": self.backend}
+        return {"source": self.source, "weights": weights_fingerprint(self.source), "vocab_size": self.teacher_vocab,
+                "student_vocab": self.student_vocab, "vocab_mode": self.vocab_mode,
+                "bos_prefix": self.bos_id is not None, "backend": self.backend}
 
     backend = "?"
 

@@ -59,7 +59,7 @@ from safetensors.numpy import save_file
 from vnmini.atomic import atomic_path, write_json
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
-from vnmini.paths import describe_kind, path_kind
+from vnmini.paths import describe_kind, path_kind, weights_fingerprint
 from vnmini.progress import progress_bar
 from vnmini.text.tokenizer import VnTokenizer
 from vnmini.training import dist
@@ -169,7 +169,9 @@ def decode_topk(logprobs16: torch.Tensor, rest16: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------- writing
 def _teacher_id(teacher: Teacher) -> dict[str, Any]:
     cfg = teacher.model.config
-    return {"source": teacher.source, "parameters": cfg.num_parameters(), "layers": cfg.num_hidden_layers,
+    # The weights' fingerprint too: a teacher retrained into the same folder must not reuse the old cache.
+    return {"source": teacher.source, "weights": weights_fingerprint(teacher.source),
+            "parameters": cfg.num_parameters(), "layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size}
 
 
