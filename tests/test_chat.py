@@ -153,6 +153,9 @@ def test_chat_cli_ctrl_c_stops_answer_not_program(tiny_checkpoint):
     p.stdin.flush()
     try:
         buf = read_until(p, b"context", b"", timeout=60)  # the banner names the context length
+        # The first prompt: the queued line is read at once and the answer starts. Waiting for it (not a fixed
+        # time after the banner) keeps a slow start on a loaded machine from landing Ctrl-C at the prompt.
+        buf = read_until(p, b">>> ", buf, timeout=60)
         time.sleep(1.0)  # mid-answer: 200 tokens x 50 ms
         p.send_signal(signal.SIGINT)
         buf = read_until(p, b"(stopped)", buf, timeout=60)
