@@ -1,18 +1,24 @@
 """``vnmini quickstart``: the whole pipeline on the default corpus, in one command.
 
-fetch → normalize → tokenizer → shards → teacher (pretrain) → student (online
-KD) → chat SFT on statute Q&A → GGUF q8_0/q4_0 and ONNX int8 (each verified
-against torch) → held-out bits per byte for every artifact → bench → a sample
-Vietnamese chat answer from the GGUF, all written up in ``report.md``.
+fetch → normalize → tokenizer → shards → teacher (pretrain) → teacher cache →
+student (KD from the cache) and its scratch control (same shape, data and budget)
+→ chat SFT on statute Q&A (from the better of teacher and KD student) → GGUF
+q8_0/q4_0 and ONNX int8 of the chat model, GGUF q4_0 of the student (each
+verified against torch) → held-out bits per byte for every artifact on one text →
+bench → a sample Vietnamese chat answer from the GGUF, all written up in
+``report.md`` with the distillation verdict measured in that run.
 
+Training stages are wall-clock budgets (``--max-minutes``), so a profile takes its
+minutes on any machine; the numbers come from :mod:`vnmini.training.recipes`.
 Every stage records its result in ``<out>/stages.json``; a rerun skips the
 stages that finished (their outputs still on disk), so an interrupted
 quickstart resumes where it stopped. ``--tiny`` is the one-minute profile the
-test suite runs (a small vocabulary and a toy model).
+test suite runs (a small vocabulary, a toy model and step budgets).
 
     from vnmini.quickstart import quickstart
-    summary = quickstart("runs/quickstart")          # ~10 minutes on 2 CPU cores
-    summary = quickstart("runs/qs-tiny", tiny=True)  # ~1 minute
+    summary = quickstart("runs/quickstart")              # ~10 minutes on 2 CPU cores
+    summary = quickstart("runs/qs-hour", minutes=60)     # the laptop hour
+    summary = quickstart("runs/qs-tiny", tiny=True)      # ~1 minute
 """
 
 from __future__ import annotations
