@@ -54,8 +54,11 @@ def law(tmp_path_factory, law_corpus):
 
 
 def _start_slow_train(law, out, steps=100000):
+    # SIGINT back to the default in the child (Python keeps an inherited SIG_IGN, and an earlier test in the same
+    # pytest process can leave SIGINT ignored): the Ctrl-C tests must reach the trainer.
     p = subprocess.Popen([sys.executable, "-m", "vnmini.cli", *map(str, _train_args(law, out, steps))],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is training (has written a step)
         m = out / "metrics.jsonl"
