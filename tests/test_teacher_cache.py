@@ -101,6 +101,28 @@ def test_resume_skips_finished_parts_and_refuses_other_settings(setup, tmp_path)
         TeacherCache(out).lookup(np.array([12 * T]), T)
 
 
+def test_a_longer_max_windows_extends_the_cache_keeping_whole_parts(setup, tmp_path):
+    """Caching a big teacher takes an hour: raising --max-windows must add windows, not start over."""
+    d, _ = setup
+    full, grown = tmp_path / "full", tmp_path / "grown"
+    kw = dict(k=4, seq_len=T, windows_per_part=5, device="cpu", progress=False)
+    write_teacher_cache(d / "teacher", d / "shards", full, **kw, max_windows=17)
+    write_teacher_cache(d / "teacher", d / "shards", grown, **kw, max_windows=7)  # parts: 5 + 2 windows
+    os.utime(grown / PART.format(0), (1, 1))
+    m = write_teacher_cache(d / "teacher", d / "shards", grown, **kw, max_windows=17)
+    assert m["windows"] == 17 and m["parts"] == 4 and m["complete"]
+    assert (grown / PART.format(0)).stat().st_mtime == 1  # whole part kept, not recomputed
+    ref, got = TeacherCache(full), TeacherCache(grown)
+    pos = np.arange(0, 17 * T - T + 1, 3)
+    for a, b in zip(ref.lookup(pos, T), got.lookup(pos, T), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    m = write_teacher_cache(d / "teacher", d / "shards", grown, **kw, max_windows=6)  # shrink: 5 + 1
+    assert m["parts"] == 2 and sorted(x.name for x in grown.glob("part_*")) == [PART.format(0), PART.format(1)]
+    assert (grown / PART.format(0)).stat().st_mtime == 1
+    np.testing.assert_array_equal(TeacherCache(grown).lookup(np.array([5 * T]), T)[0].numpy(),
+                                  ref.lookup(np.array([5 * T]), T)[0].numpy())
+
+
 def test_sparse_equals_dense_through_a_full_vocab_cache(setup, tmp_path):
     d, tok = setup
     v = tok.vocab_size

@@ -70,6 +70,9 @@ PART = "part_{:05d}.safetensors"
 # Plan fields a rerun must agree on before it may reuse parts on disk.
 PLAN_KEYS = ("format", "teacher", "tokenizer_hash", "vocab_size", "k", "temperature", "seq_len", "split",
              "shards_fingerprint", "windows", "windows_per_part", "parts", "id_dtype")
+# A rerun that differs only in these (another --max-windows) keeps every part that is still whole:
+# part p always holds windows [p·windows_per_part, ...), so a longer cache extends a shorter one.
+EXTENT_KEYS = ("windows", "parts")
 
 
 # ----------------------------------------------------------------- teachers
@@ -212,7 +215,9 @@ def write_teacher_cache(
     :mod:`vnmini.training.mapped_teacher`. ``tokenizer`` overrides the shards' own.
 
     Returns the manifest (with ``bytes_per_token`` and ``elapsed_s``). Reruns with the
-    same settings skip finished parts (resume); a cache made with other settings is
+    same settings skip finished parts (resume), and so do reruns with another
+    ``max_windows`` (a longer cache keeps the shorter one's whole parts and adds the rest, a
+    shorter one drops the parts past its end); a cache made with other settings is
     replaced only with ``force``; a folder of another kind never. Under ``torchrun``
     the parts are shared round-robin by the ranks.
     """
@@ -272,12 +277,16 @@ def write_teacher_cache(
         if mpath.is_file():
             old = json.loads(mpath.read_text(encoding="utf-8"))
             diff = [key for key in PLAN_KEYS if old.get(key) != plan[key]]
-            if diff and not force:
-                raise VnminiError(f"{out}: holds a teacher cache made with other settings ({', '.join(diff)}); "
+            settings = [key for key in diff if key not in EXTENT_KEYS]
+            if settings and not force:
+                raise VnminiError(f"{out}: holds a teacher cache made with other settings ({', '.join(settings)}); "
                                   "pass --force to replace it, or choose another -o.")
             if diff and env.rank == 0:
                 for part in out.glob("part_*.safetensors"):
-                    part.unlink()
+                    p = int(part.stem.split("_")[-1]) if part.stem.split("_")[-1].isdigit() else -1
+                    # Another extent: parts past the new end, or of another length (the old last one), go.
+                    if settings or not (0 <= p < n_parts and _part_ok(part, _part_windows(p, plan) * seq_len, k)):
+                        part.unlink()
                 write_json(mpath, {**plan, "complete": False})
         elif env.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
