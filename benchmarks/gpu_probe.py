@@ -35,7 +35,7 @@ class RandomTokens:
         self.seq_len, self.train_rows, self.val_rows = seq_len, rows, 0
 
     def rows(self, split: str, idx: np.ndarray, step: int):
-        from vnmini.training.trainer import Batch
+        from vnmini.training.batch import Batch
 
         g = torch.Generator().manual_seed(int(step) * 7919 + int(idx[0]))
         x = torch.randint(0, VOCAB, (len(idx), self.seq_len + 1), generator=g)

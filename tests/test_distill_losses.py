@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vnmini.kernels import kd_loss, sparse_kd_loss, topk_lse
+from vnmini.training.batch import Batch
 from vnmini.training.distill import cache_loss, dense_vs_sparse, online_loss
 from vnmini.training.teacher_cache import Teacher, decode_topk, encode_topk
-from vnmini.training.trainer import Batch
 
 TINY = 1e-30
 

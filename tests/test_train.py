@@ -161,8 +161,8 @@ def test_sigkill_between_checkpoints_then_resume(reference, shards, init_ckpt, t
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, init_ckpt, tiny_tokenizer, tmp_path):
     from vnmini.checkpoint import load_checkpoint
     from vnmini.data.shards import ShardReader
+    from vnmini.training.batch import ce_loss
     from vnmini.training.pretrain import TokenWindows, build_config, make_model
-    from vnmini.training.trainer import ce_loss
 
     cfg = build_config(None, base(shards, init_ckpt, tmp_path / "run", save_every=3, eval_every=0))
     ce = ce_loss("torch")

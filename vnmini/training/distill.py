@@ -40,6 +40,7 @@ from torch import nn
 
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
+from vnmini.training.batch import Batch, LossFn, cross_entropy_fn
 from vnmini.training.config import TrainConfig
 from vnmini.training.mapped_teacher import MappedTeacher, is_same_vocab, open_mapped_teacher
 from vnmini.training.pretrain import TokenWindows, build_config, make_model, resolve_tokenizer
@@ -52,7 +53,7 @@ from vnmini.training.teacher_cache import (
     load_teacher,
     shards_fingerprint,
 )
-from vnmini.training.trainer import Batch, LossFn, Trainer, cross_entropy_fn
+from vnmini.training.trainer import Trainer
 
 KINDS = ("forward", "reverse", "skew")
 

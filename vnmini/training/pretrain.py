@@ -27,8 +27,9 @@ import torch
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
 from vnmini.text.tokenizer import VnTokenizer
+from vnmini.training.batch import Batch
 from vnmini.training.config import TrainConfig, load_config, user_values
-from vnmini.training.trainer import Batch, Trainer
+from vnmini.training.trainer import Trainer
 
 
 class TokenWindows:

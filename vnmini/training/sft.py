@@ -34,8 +34,9 @@ from torch import nn
 from vnmini.errors import VnminiError
 from vnmini.jsonl import iter_jsonl
 from vnmini.text.tokenizer import VnTokenizer
+from vnmini.training.batch import Batch
 from vnmini.training.config import SFT_DEFAULTS, TrainConfig
-from vnmini.training.trainer import Batch, Trainer
+from vnmini.training.trainer import Trainer
 
 ROLES = ("system", "user", "assistant")
 # SFT starts from a trained model: gentler and shorter than pretraining (file/flags still win).
