@@ -122,8 +122,8 @@ def _chat_proc(ckpt, *args, slow_s: float = 0.0):
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-    # SIGINT back to the default in the child: Python keeps it ignored if the parent ignores it (an earlier test
-    # in the same pytest process can leave it so), and then Ctrl-C would never reach the chat.
+    # SIGINT back to the default in the child: a pytest started in the background of a non-interactive shell
+    # (`pytest &`, CI runners) inherits SIGINT ignored, and then Ctrl-C would never reach the chat.
     return subprocess.Popen([sys.executable, "-c", code, "chat", str(ckpt), *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -54,8 +54,8 @@ def law(tmp_path_factory, law_corpus):
 
 
 def _start_slow_train(law, out, steps=100000):
-    # SIGINT back to the default in the child (Python keeps an inherited SIG_IGN, and an earlier test in the same
-    # pytest process can leave SIGINT ignored): the Ctrl-C tests must reach the trainer.
+    # SIGINT back to the default in the child: a pytest started in the background of a non-interactive shell
+    # (`pytest &`, CI runners) inherits SIGINT ignored and so would every child, and Ctrl-C must reach the trainer.
     p = subprocess.Popen([sys.executable, "-m", "vnmini.cli", *map(str, _train_args(law, out, steps))],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
