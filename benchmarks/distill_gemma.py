@@ -108,7 +108,9 @@ def main() -> None:
             "gemma": teacher_fertility(teacher_vocab(gemma), [held_text])["tokens_per_syllable"]}
     own = Path("runs/quickstart/tokenizer")
     if own.is_dir():
-        fert["vnmini_bpe"] = tokenizer_fertility(VnTokenizer.load(own), [held_text])["tokens_per_syllable"]
+        own_tok = VnTokenizer.load(own)
+        fert["vnmini_bpe"] = tokenizer_fertility(own_tok, [held_text])["tokens_per_syllable"]
+        fert["vnmini_bpe_vocab"] = own_tok.vocab_size
     print("fertility", fert, flush=True)
 
     if not (w / "shards" / "manifest.json").is_file():
@@ -228,7 +230,8 @@ def render(r: dict) -> str:
         f"- Train wall time: KD {r['kd']['elapsed_s']:.0f} s, scratch {r['scratch']['elapsed_s']:.0f} s.",
         "- Tokens per syllable on the held-out text: adopted "
         f"{f['adopted']:.3f}, Gemma full {f['gemma']:.3f}"
-        + (f", vnmini's own 16k BPE {f['vnmini_bpe']:.3f}" if "vnmini_bpe" in f else "") + ".",
+        + (f", vnmini's own BPE of the quickstart ({f.get('vnmini_bpe_vocab', 16384):,} tokens) {f['vnmini_bpe']:.3f}"
+           if "vnmini_bpe" in f else "") + ".",
         "- Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
