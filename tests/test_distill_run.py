@@ -58,6 +58,54 @@ def test_distill_resumes_exactly(setup, tmp_path, mode):
     assert prov["kind"] == "distill" and prov["config"]["extra"]["distill"]["alpha"] == 0.7
 
 
+def test_a_partial_cache_teaches_where_it_covers_and_leaves_the_rest_to_ce(setup, tmp_path):
+    """A cache of the first windows only (--max-windows): the student still trains on the whole split, a mixed
+    batch's loss is the token mean of alpha·KD + (1 − alpha)·CE on covered rows and CE on the others (oracle: the
+    torch reference KD loss and F.cross_entropy, computed here row group by row group)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vnmini.data.shards import ShardReader
+    from vnmini.kernels.sparse_kd import sparse_kd_loss_torch
+    from vnmini.models import LlamaForCausalLM, preset
+    from vnmini.training.batch import Batch
+    from vnmini.training.distill import cache_loss
+    from vnmini.training.teacher_cache import TeacherCache
+
+    d = setup
+    write_teacher_cache(d / "teacher", d / "shards", tmp_path / "part", k=8, seq_len=T, device="cpu", progress=False,
+                        windows_per_part=2, max_windows=3)
+    cache = TeacherCache(tmp_path / "part")
+    reader = ShardReader(d / "shards", "train")
+    windows = (len(reader) - 1) // T
+    assert windows > 6
+    pos = np.array([0, 5 * T, 2 * T, 6 * T])  # covered, not, covered, not
+    rows = np.stack([reader.read(int(p), T + 1) for p in pos]).astype(np.int64)
+    x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:]).clone()
+    y[1, :3] = -100  # uneven token counts between the groups
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(preset("micro", vocab_size=int(cache.manifest["vocab_size"])))
+    alpha = 0.7
+    got, mets = cache_loss(cache, alpha, "forward", kernels="torch")(model, Batch(x, y, pos))
+    with torch.no_grad():
+        z = model(x)
+    cov = torch.tensor([True, False, True, False])
+    ids, lp = cache.lookup(pos[cov.numpy()], T)
+    v = z.shape[-1]
+    kd = sparse_kd_loss_torch(z[cov].reshape(-1, v), ids.reshape(-1, 8), lp.reshape(-1, 8),
+                              temperature=cache.temperature)
+    ce_c = F.cross_entropy(z[cov].reshape(-1, v), y[cov].reshape(-1), ignore_index=-100)
+    ce_u = F.cross_entropy(z[~cov].reshape(-1, v), y[~cov].reshape(-1), ignore_index=-100)
+    n_c, n_u = int((y[cov] != -100).sum()), int((y[~cov] != -100).sum())
+    want = (n_c * (alpha * kd + (1 - alpha) * ce_c) + n_u * ce_u) / (n_c + n_u)
+    assert abs(float(got) - float(want)) < 1e-5 and mets["covered"] == 0.5
+    only_ce, m = cache_loss(cache, alpha, "forward", kernels="torch")(model, Batch(x[[1, 3]], y[[1, 3]], pos[[1, 3]]))
+    assert abs(float(only_ce) - float(ce_u)) < 1e-5 and m["covered"] == 0.0
+    # A run over the whole split: every window is trained on, the cache teaches the first three.
+    r = distill(teacher_cache=str(tmp_path / "part"), alpha=alpha, **_kw(d, tmp_path / "run"))
+    assert r["distill"]["train_windows"] == windows and r["distill"]["cached_windows"] == 3 and r["steps"] == 4
+
+
 def test_cache_refusals(setup, tmp_path):
     d = setup
     with pytest.raises(VnminiError, match="--seq-len 32: the cache"):

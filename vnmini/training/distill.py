@@ -107,20 +107,20 @@ def online_loss(teacher: Teacher, alpha: float = 0.5, kind: str = "forward", tem
 
 
 def _sparse_loss(teacher_topk: Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]], temperature: float,
-                 alpha: float, kind: str, skew_lambda: float, kernels: str) -> LossFn:
-    """alpha · sparse KL (teacher top-k ids/log-probs [B·T, k] + leftover bucket) + (1 − alpha) · CE."""
+                 alpha: float, kind: str, skew_lambda: float, kernels: str,
+                 covered: Callable[[Batch], torch.Tensor] | None = None) -> LossFn:
+    """alpha · sparse KL (teacher top-k ids/log-probs [B·T, k] + leftover bucket) + (1 − alpha) · CE.
+
+    ``covered(batch)`` (bool [B]) names the rows the teacher has; the others get plain CE,
+    and the batch loss is the token mean of both (one forward pass either way).
+    """
     ce_fn = cross_entropy_fn(kernels)
 
-    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def mixed(flat: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor):
         from vnmini.kernels import sparse_kd_loss
 
-        logits = module(batch.input_ids)
-        v = logits.shape[-1]
-        flat = logits.reshape(-1, v)
-        targets = batch.targets.reshape(-1)
         kd = ce = None
         if alpha > 0:
-            ids, logp = teacher_topk(batch, v)
             dev = flat.device
             kd = sparse_kd_loss(flat, ids.reshape(flat.shape[0], -1).to(dev), logp.reshape(flat.shape[0], -1).to(dev),
                                 kind=kind, temperature=temperature, skew_lambda=skew_lambda, mask=targets != -100,
@@ -129,14 +129,44 @@ def _sparse_loss(teacher_topk: Callable[[Batch, int], tuple[torch.Tensor, torch.
             ce = ce_fn(flat, targets)
         return _combine(kd, ce, alpha)
 
+    def loss_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = module(batch.input_ids)
+        v = logits.shape[-1]
+        rows = covered(batch) if covered is not None else None
+        if rows is None or bool(rows.all()):
+            ids, logp = teacher_topk(batch, v)
+            loss, mets = mixed(logits.reshape(-1, v), batch.targets.reshape(-1), ids, logp)
+            return loss, mets if rows is None else {**mets, "covered": 1.0}
+        rows = rows.to(logits.device)
+        ce_rest = ce_fn(logits[~rows].reshape(-1, v), batch.targets[~rows].reshape(-1))
+        if not bool(rows.any()):
+            return ce_rest, {"ce": float(ce_rest.detach()), "covered": 0.0}
+        sub = Batch(batch.input_ids[rows], batch.targets[rows], batch.positions[rows.cpu().numpy()], batch.step)
+        ids, logp = teacher_topk(sub, v)
+        loss_cov, mets = mixed(logits[rows].reshape(-1, v), sub.targets.reshape(-1), ids, logp)
+        valid = (batch.targets != -100).sum(1)
+        w = float(valid[rows].sum()) / max(float(valid.sum()), 1.0)  # the covered rows' share of the tokens
+        mets.update(ce_uncovered=float(ce_rest.detach()), covered=float(rows.float().mean()))
+        return w * loss_cov + (1 - w) * ce_rest, mets
+
     return loss_fn
 
 
 def cache_loss(cache: TeacherCache, alpha: float = 0.5, kind: str = "forward", skew_lambda: float = 0.1,
                kernels: str = "auto") -> LossFn:
-    """Trainer loss hook: sparse KL against the cached top-k (+ leftover mass) at the batch's positions."""
+    """Trainer loss hook: sparse KL against the cached top-k (+ leftover mass) at the batch's positions.
+
+    A cache that covers only the first windows of the split (``--max-windows``) teaches
+    where it has the teacher: a covered token weighs ``alpha · KD + (1 − alpha) · CE``, any
+    other token plain CE, averaged over the batch's tokens. So a partial cache adds the
+    teacher to part of the data instead of shrinking the data to that part.
+    """
+    def covered(batch: Batch) -> torch.Tensor:
+        # Rows that are not stream windows (positions < 0) count as covered: the lookup refuses them by name.
+        return torch.from_numpy(batch.positions + batch.input_ids.shape[1] <= cache.positions)
+
     return _sparse_loss(lambda batch, v: cache.lookup(batch.positions, batch.input_ids.shape[1]), cache.temperature,
-                        alpha, kind, skew_lambda, kernels)
+                        alpha, kind, skew_lambda, kernels, covered)
 
 
 def mapped_online_loss(teacher: MappedTeacher, k: int = 64, alpha: float = 0.5, kind: str = "forward",
@@ -192,9 +222,10 @@ def distill(
     ``config``/``overrides`` are :class:`TrainConfig` fields as in :func:`vnmini.training.pretrain`
     (``data``, ``preset`` of the student, ``out``, ``max_steps``, ``resume``, ...).
     ``teacher_device`` defaults to the student's device. ``temperature`` defaults to 1
-    (online) or the cache's. ``train_windows`` limits training to the first N windows of
-    the split (as a cache written with ``max_windows`` does), so runs with and without a
-    cache can see the same rows. Returns the Trainer's summary plus ``distill`` settings.
+    (online) or the cache's. A cache written with ``max_windows`` teaches on the windows
+    it covers and leaves the rest to cross-entropy (:func:`cache_loss`); ``train_windows``
+    limits training to the first N windows of the split (e.g. to the cached ones).
+    Returns the Trainer's summary plus ``distill`` settings.
     """
     given = [n for n, v in (("teacher", teacher), ("teacher_cache", teacher_cache), ("teacher_text", teacher_text))
              if v is not None]
@@ -222,10 +253,10 @@ def distill(
                                 "train_windows": source.train_rows}
     if cache is not None:
         _check_cache(cache, cfg, tok.hash, temperature)
-        if cache.windows < source.train_rows:
-            # A partial cache (--max-windows): the student draws only from the covered windows.
-            source.train_rows = cache.windows
-            settings["train_windows"] = cache.windows
+        settings["cached_windows"] = min(cache.windows, source.train_rows)
+        if cache.windows < source.train_rows and int(os.environ.get("RANK", "0")) == 0:
+            (log or print)(f"the teacher cache covers {cache.windows:,} of the {source.train_rows:,} training windows: "
+                "KD there, cross-entropy on the rest")
         loss = cache_loss(cache, alpha, kd, skew_lambda, cfg.kernels)
         settings.update(mode="cache", teacher_cache=str(teacher_cache), temperature=cache.temperature,
                         k=cache.k, teacher=cache.manifest.get("teacher"))
