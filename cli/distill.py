@@ -109,7 +109,8 @@ def cache(
     windows_per_part: int = _O(1024, "--windows-per-part", help="Windows per safetensors part (the unit of resume)."),
     split: str = _O("train", "--split", help="Shard split to cache."),
     max_windows: int = _O(None, "--max-windows",
-                          help="Cache only the first N windows (the student then draws from those)."),
+                          help="Cache only the first N windows (the student still trains on all: KD on these, "
+                               "CE on the rest); a rerun with a bigger N extends the cache."),
     device: str = _O("auto", "--device", "--teacher-device", help="auto, cpu, cuda or cuda:N (bf16 on CUDA)."),
     progress: bool = _O(True, "--progress/--no-progress", help="Show a progress bar."),
     force: bool = _O(False, "--force", "-f", help="Replace a cache made with other settings (same settings resume)."),
