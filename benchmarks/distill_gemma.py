@@ -12,7 +12,8 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
 4. the KD student (sparse KL + leftover bucket, from the cache) and the scratch student:
    same tokenizer, shape, optimizer steps, tokens and rows of the training split (with a
    partial cache, ``--cache-windows``, the KD student learns by cross-entropy where it has
-   no teacher);
+   no teacher); a student whose settings are unchanged since the last run in ``--work`` is
+   reused (training is deterministic), so trying another ``--alpha`` retrains only the KD one;
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's context up to 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "results_distill_gemma.md")
+    ap.add_argument("--fresh", action="store_true", help="retrain both students even if a run with the same "
+                    "settings is in --work (do after changing vnmini's training code)")
     a = ap.parse_args()
 
     import numpy as np
@@ -135,11 +138,28 @@ def main() -> None:
                   global_batch_tokens=a.batch_tokens, max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
                   lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
                   device="cpu", threads=a.threads)
-    for run in ("kd", "scratch"):  # this script's own run folders: retrained every time, same settings
-        shutil.rmtree(w / run, ignore_errors=True)
-    kd = stage("KD student", lambda: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=str(w / "kd"),
-                                             **common))
-    scratch = stage("scratch student", lambda: train(out=str(w / "scratch"), **common))
+    reused: list[str] = []
+
+    def student(name: str, label: str, key: dict, fn) -> dict:
+        """Train run ``name`` (this script's own folder), or reuse it: training is deterministic (same seed,
+        rows and settings give the same weights), so a rerun that changes only the other student keeps this one."""
+        memo = w / f"{name}.run.json"
+        if not a.fresh and memo.is_file() and (w / name / "final").is_dir():
+            old = json.loads(memo.read_text(encoding="utf-8"))
+            if old["key"] == key:
+                reused.append(label)
+                return old["summary"]
+        shutil.rmtree(w / name, ignore_errors=True)
+        memo.unlink(missing_ok=True)
+        s = stage(label, fn)
+        s = {k: s.get(k) for k in ("final", "steps", "tokens", "elapsed_s", "eval_bpb")}
+        memo.write_text(json.dumps({"key": key, "summary": s}), encoding="utf-8")
+        return s
+
+    base_key = {**common, "shards": cache["shards_fingerprint"]}
+    kd = student("kd", "KD student", {**base_key, "alpha": a.alpha, "cache": cache["teacher"], "k": a.k},
+                 lambda: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=str(w / "kd"), **common))
+    scratch = student("scratch", "scratch student", base_key, lambda: train(out=str(w / "scratch"), **common))
     ggufs = {}
     for name, s in (("kd", kd), ("scratch", scratch)):
         path = w / f"{name}-q8_0.gguf"
@@ -185,7 +205,8 @@ def main() -> None:
         "scratch": {k: scratch.get(k) for k in ("steps", "tokens", "elapsed_s", "eval_bpb")},
         "kd_vs_scratch": 1 - k_ / s_, "gap_closed": (s_ - k_) / (s_ - g),
         "speedup_vs_gemma": dec_by_path[str(ggufs["kd"])]["decode_tok_s"] / dec_by_path[str(gemma)]["decode_tok_s"],
-        "stage_seconds": times, "total_s": round(time.perf_counter() - t_all, 1), "load_avg_end": os.getloadavg()[0],
+        "stage_seconds": times, "reused_students": reused, "total_s": round(time.perf_counter() - t_all, 1),
+        "load_avg_end": os.getloadavg()[0],
     }
     (a.out.with_suffix(".json")).write_text(json.dumps(result, indent=1), encoding="utf-8")
     a.out.write_text(render(result), encoding="utf-8")
@@ -228,7 +249,9 @@ def render(r: dict) -> str:
         f"bytes/token, {c['elapsed_s']:.0f} s ({c.get('positions_per_s') or 0:.0f} positions/s, `mapped` vocabulary).",
         f"- Gemma's probability on tokens outside the adopted vocabulary (what `mapped` drops): "
         f"{r['outside_mass']:.2%} on average.",
-        f"- Train wall time: KD {r['kd']['elapsed_s']:.0f} s, scratch {r['scratch']['elapsed_s']:.0f} s.",
+        f"- Train wall time: KD {r['kd']['elapsed_s']:.0f} s, scratch {r['scratch']['elapsed_s']:.0f} s"
+        + (f" ({', '.join(r['reused_students'])}: reused from an earlier run with the same settings; training is "
+           "deterministic)" if r.get("reused_students") else "") + ".",
         "- Tokens per syllable on the held-out text: adopted "
         f"{f['adopted']:.3f}, Gemma full {f['gemma']:.3f}"
         + (f", vnmini's own BPE of the quickstart ({f.get('vnmini_bpe_vocab', 16384):,} tokens) {f['vnmini_bpe']:.3f}"
