@@ -108,10 +108,8 @@ PROFILES = {
     # scratch control now get a short share each; chat SFT (statute Q&A, also more statute text) the rest.
     "full": _timed("full", 10, "tiny", "micro", (0.65, 0.10, 0.15), fixed_minutes=2.3,
                    vocab=recipes.QUICKSTART_VOCAB),
-    # The laptop hour: a `tiny` teacher for ~36 minutes, `micro` students far behind it. Not `mini`: on 2 cores it
-    # runs ~8x slower per step and was behind `tiny` at equal steps (val bpb 0.721 against 0.687 at step 661, a
-    # contended first hour run against the 10-minute sweep's base), so in 36 minutes it sees ~3 epochs to tiny's ~17.
-    "hour": _timed("hour", 60, "tiny", "micro", (0.66, 0.08, 0.18), fixed_minutes=5.0,
+    # The laptop hour: a `mini` teacher (3-4 epochs of the corpus in ~36 minutes), `micro` students far behind it.
+    "hour": _timed("hour", 60, "mini", "micro", (0.66, 0.08, 0.18), fixed_minutes=5.0,
                    vocab=recipes.QUICKSTART_VOCAB),
     # The test suite's profile: every stage runs, on toy sizes and step counts.
     "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
