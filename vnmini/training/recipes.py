@@ -21,6 +21,11 @@ Evidence (issue 16; a 2-core x86 CPU, the default statute corpus):
   number of optimizer steps matters more than the batch, so batches start small
   (``min_batch_tokens``) and grow only once the budget buys more than
   ``TARGET_STEPS`` steps.
+- Repetition (``MAX_EPOCHS``, and why the planner takes the biggest eligible shape): ``tiny``
+  given 36 minutes (``vnmini quickstart --minutes 60`` with a ``tiny`` teacher, ~6,000
+  steps of 2,048 tokens, 22 epochs of the 577k-token corpus) reached its best validation
+  bpb, 0.615, near 7 epochs and overfit to 0.73 by the end; the 10-minute ``tiny`` run
+  (5 epochs, decayed) ended at 0.566.
 - ``benchmarks/train_tiny.py`` (``benchmarks/results_train.md``): ``tiny``, 8,192-token
   batches, cosine, 201 steps in 7.5 min: 1.118 held-out bpb (fewer, bigger steps).
 
