@@ -211,6 +211,19 @@ def test_every_rank_follows_rank_zero(monkeypatch):
     assert sent["rank1_sent"][:2] == [0.0, 0.0]  # rank 1 decided nothing itself
 
 
+def test_a_budget_that_buys_many_epochs_warns_once_about_memorizing(corpus, tmp_path, clock, capsys):
+    from vnmini.training.pretrain import train
+    from vnmini.training.recipes import MAX_EPOCHS
+
+    s = train(**kw(corpus, tmp_path / "few", max_minutes=BUDGET_MIN))
+    few = capsys.readouterr().out
+    assert s["epochs"] < 2 * MAX_EPOCHS and "data-limited" not in few
+    s = train(**kw(corpus, tmp_path / "many", max_minutes=BUDGET_MIN * 3, global_batch_tokens=256))
+    many = capsys.readouterr().out
+    assert s["epochs"] > 2 * MAX_EPOCHS, s["epochs"]
+    assert many.count("warning: data-limited") == 1 and "--preset" in many
+
+
 def test_bad_budget_values_are_one_line(cli, corpus, tmp_path):
     for bad in ("0", "-3", "nan", "inf"):
         code, _, err = cli("train", "--data", corpus / "shards", "--out", tmp_path / "r", "--max-minutes", bad)
