@@ -22,10 +22,10 @@ Evidence (issue 16; a 2-core x86 CPU, the default statute corpus):
   (``min_batch_tokens``) and grow only once the budget buys more than
   ``TARGET_STEPS`` steps.
 - Repetition (``MAX_EPOCHS``, and why the planner takes the biggest eligible shape): ``tiny``
-  given 36 minutes (``vnmini quickstart --minutes 60`` with a ``tiny`` teacher, ~6,000
-  steps of 2,048 tokens, 22 epochs of the 577k-token corpus) reached its best validation
-  bpb, 0.615, near 7 epochs and overfit to 0.73 by the end; the 10-minute ``tiny`` run
-  (5 epochs, decayed) ended at 0.566.
+  given 33 minutes (``vnmini quickstart --minutes 60`` with a ``tiny`` teacher, 5,572
+  steps of 2,048 tokens, 21 epochs of the 561k-token corpus, train loss 0.12) reached its
+  best validation bpb, 0.615, near 7 epochs and ended at 0.811, **1.31 held-out**; the
+  quickstart's 10-minute ``tiny`` teacher (2.3 epochs) scores 0.88 held-out.
 - ``benchmarks/train_tiny.py`` (``benchmarks/results_train.md``): ``tiny``, 8,192-token
   batches, cosine, 201 steps in 7.5 min: 1.118 held-out bpb (fewer, bigger steps).
 

@@ -434,7 +434,7 @@ class Trainer:
             self._warned_repetition = True  # measured: recipes.py, "Repetition"
             self._log(f"warning: data-limited: the budget buys {rec['epochs_planned']:.0f} epochs of the "
                       f"{self.source.train_rows * self.cfg.seq_len:,} training tokens, and past a few epochs a small "
-                      "model memorizes (tiny, 22 epochs of the statute corpus: 1.31 held-out bpb, against 0.88 after "
+                      "model memorizes (tiny, 21 epochs of the statute corpus: 1.31 held-out bpb, against 0.88 after "
                       "2.3); take a bigger --preset (`vnmini plan --minutes M` picks one), add text, or give fewer "
                       "minutes.")
         progress.update(total=self._stop_step())
