@@ -218,7 +218,7 @@ def test_a_budget_that_buys_many_epochs_warns_once_about_memorizing(corpus, tmp_
     s = train(**kw(corpus, tmp_path / "few", max_minutes=BUDGET_MIN))
     few = capsys.readouterr().out
     assert s["epochs"] < 2 * MAX_EPOCHS and "data-limited" not in few
-    s = train(**kw(corpus, tmp_path / "many", max_minutes=BUDGET_MIN * 3, global_batch_tokens=256))
+    s = train(**kw(corpus, tmp_path / "many", max_minutes=BUDGET_MIN * 25, eval_every=200))
     many = capsys.readouterr().out
     assert s["epochs"] > 2 * MAX_EPOCHS, s["epochs"]
     assert many.count("warning: data-limited") == 1 and "--preset" in many
