@@ -94,6 +94,9 @@ def test_resume_skips_finished_parts_and_refuses_other_settings(setup, tmp_path)
     assert again.keys() == first.keys() and all(np.array_equal(again[n], first[n]) for n in first)
     assert (out / PART.format(0)).stat().st_mtime == 1
     assert TeacherCache(out).windows == 14
+    cost = json.loads((out / "manifest.json").read_text())["elapsed_s"]
+    write_teacher_cache(d / "teacher", d / "shards", out, **kw)  # nothing left to do: the cost stays on record
+    assert json.loads((out / "manifest.json").read_text())["elapsed_s"] == cost
     with pytest.raises(VnminiError, match=r"other settings \(k\)"):
         write_teacher_cache(d / "teacher", d / "shards", out, **{**kw, "k": 5})
     (out / PART.format(2)).write_bytes(b"garbage")

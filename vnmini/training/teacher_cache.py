@@ -274,8 +274,9 @@ def write_teacher_cache(
             "id_dtype": "uint16" if vocab < 65536 else "int32", "logprob_dtype": "float16",
         }
         mpath = out / MANIFEST
+        prior: dict[str, Any] = {}
         if mpath.is_file():
-            old = json.loads(mpath.read_text(encoding="utf-8"))
+            old = prior = json.loads(mpath.read_text(encoding="utf-8"))
             diff = [key for key in PLAN_KEYS if old.get(key) != plan[key]]
             settings = [key for key in diff if key not in EXTENT_KEYS]
             if settings and not force:
@@ -356,6 +357,9 @@ def write_teacher_cache(
                 manifest["teacher_mass_outside_student_vocab"] = outside / fresh
             if fresh:
                 manifest["positions_per_s"] = round(fresh / max(time.perf_counter() - t0, 1e-9), 1)
+            elif prior.get("complete") and prior.get("windows") == plan["windows"]:  # a no-op rerun: keep the cost
+                manifest.update({k: prior[k] for k in ("elapsed_s", "positions_per_s",
+                                                       "teacher_mass_outside_student_vocab") if k in prior})
             write_json(mpath, manifest)
         return manifest
     finally:
