@@ -276,15 +276,16 @@ def write_teacher_cache(
         mpath = out / MANIFEST
         prior: dict[str, Any] = {}
         if mpath.is_file():
-            old = prior = json.loads(mpath.read_text(encoding="utf-8"))
-            diff = [key for key in PLAN_KEYS if old.get(key) != plan[key]]
+            prior = json.loads(mpath.read_text(encoding="utf-8"))
+            diff = [key for key in PLAN_KEYS if prior.get(key) != plan[key]]
             settings = [key for key in diff if key not in EXTENT_KEYS]
             if settings and not force:
                 raise VnminiError(f"{out}: holds a teacher cache made with other settings ({', '.join(settings)}); "
                                   "pass --force to replace it, or choose another -o.")
             if diff and env.rank == 0:
                 for part in out.glob("part_*.safetensors"):
-                    p = int(part.stem.split("_")[-1]) if part.stem.split("_")[-1].isdigit() else -1
+                    tail = part.stem.rsplit("_", 1)[-1]
+                    p = int(tail) if tail.isdigit() else -1
                     # Another extent: parts past the new end, or of another length (the old last one), go.
                     if settings or not (0 <= p < n_parts and _part_ok(part, _part_windows(p, plan) * seq_len, k)):
                         part.unlink()
