@@ -174,9 +174,11 @@ def main() -> None:
         models = [("Gemma-3-270M Q4_K_M (teacher)", gemma), ("KD student (torch)", Path(kd["final"])),
                   ("scratch student (torch)", Path(scratch["final"])), ("KD student q8_0", ggufs["kd"]),
                   ("scratch student q8_0", ggufs["scratch"])]
+        gemma_key = {"weights": weights_fingerprint(gemma),
+                     "text_sha256": hashlib.sha256(held_text.encode()).hexdigest()}
+        memo = json.loads(gemma_memo.read_text()) if gemma_memo.is_file() else None
         for label, path in models:
-            key = {"weights": weights_fingerprint(path), "text_sha256": hashlib.sha256(held_text.encode()).hexdigest()}
-            if path == gemma and gemma_memo.is_file() and (memo := json.loads(gemma_memo.read_text()))["key"] == key:
+            if path == gemma and memo is not None and memo["key"] == gemma_key:
                 # Gemma's score is a pure function of its file and the text; scoring it takes ~12 of the run's
                 # minutes, so a rerun on the same file and text reuses it (and says so in the table).
                 rows.append({**memo["row"], "reused_from": memo["date"]})
@@ -186,7 +188,7 @@ def main() -> None:
                                                                   progress=True))
             rows.append({"model": label, "path": str(path), **{k: r[k] for k in ("bpb", "tokens", "context")}})
             if path == gemma:
-                gemma_memo.write_text(json.dumps({"key": key, "date": time.strftime("%Y-%m-%d %H:%M"),
+                gemma_memo.write_text(json.dumps({"key": gemma_key, "date": time.strftime("%Y-%m-%d %H:%M"),
                                                   "row": rows[-1]}), encoding="utf-8")
             del gen
         speed = stage("bench", lambda: bench([gemma, ggufs["kd"], ggufs["scratch"]], out_dir=None, prompt_tokens=64,
