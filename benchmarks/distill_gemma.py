@@ -44,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
+    from vnmini.training import recipes
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/bench-distill-gemma"))
     ap.add_argument("--vocab-size", type=int, default=16384)
@@ -53,7 +55,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--alpha", type=float, default=0.8)
+    ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--cache-windows", type=int, default=None, help="cache the first N windows (default: all)")
     ap.add_argument("--chars", type=int, default=87_000, help="score the first N characters of the held-out code")

@@ -18,6 +18,7 @@ import typer
 
 from vnmini.cli.train import _overrides, _print_summary, cfg_opt
 from vnmini.runtime.sampling import DEFAULTS
+from vnmini.training import recipes
 
 _O = typer.Option
 
@@ -37,7 +38,8 @@ def distill(
     teacher_cache: Path = _O(None, "--teacher-cache", help="Offline: a cache folder from `vnmini teacher cache`."),
     teacher_text: Path = _O(None, "--teacher-text", help="Sequence-level: JSONL from `vnmini teacher generate`."),
     teacher_device: str = _O(None, "--teacher-device", help="Device of an online teacher (default: the student's)."),
-    alpha: float = _O(0.5, "--alpha", help="loss = alpha·KD + (1 − alpha)·CE."),
+    alpha: float = _O(recipes.KD_ALPHA, "--alpha",
+                      help="loss = alpha·KD + (1 − alpha)·CE (default: the measured recipe, vnmini.training.recipes)."),
     kd: str = _O("forward", "--kd", help="Divergence: forward (KL(p‖q)), reverse (KL(q‖p)) or skew (DistiLLM)."),
     temperature: float = _O(None, "--temperature",
                             help="Softmax temperature τ (loss × τ²). (default: 1, or the cache's)"),

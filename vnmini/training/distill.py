@@ -40,6 +40,7 @@ from torch import nn
 
 from vnmini.data.shards import ShardReader, load_manifest
 from vnmini.errors import VnminiError
+from vnmini.training import recipes
 from vnmini.training.batch import Batch, LossFn, cross_entropy_fn
 from vnmini.training.config import TrainConfig
 from vnmini.training.mapped_teacher import MappedTeacher, is_same_vocab, open_mapped_teacher
@@ -207,7 +208,7 @@ def distill(
     teacher_cache: str | Path | None = None,
     teacher_text: str | Path | None = None,
     teacher_device: str | None = None,
-    alpha: float = 0.5,
+    alpha: float = recipes.KD_ALPHA,
     kd: str = "forward",
     temperature: float | None = None,
     skew_lambda: float = 0.1,

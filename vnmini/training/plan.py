@@ -211,10 +211,8 @@ def plan(minutes: float, data: str | Path | None = None, device: str = "auto", p
     notes = []
     if not eligible and len(cands) > 1:
         notes.append("no shape meets the rules for this budget; the smallest is chosen (give it more minutes)")
-    if chosen.epochs > recipes.MAX_EPOCHS:
-        notes.append(f"data-limited: {chosen.epochs:.1f} epochs over {rows_per_epoch * seq:,} training tokens; "
-                     f"past ~{recipes.MAX_EPOCHS:g} epochs repeated tokens are worth much less (Muennighoff et al. "
-                     "2023): add text or take a bigger shape")
+    if note := recipes.repetition_note(chosen.epochs, rows_per_epoch * seq):
+        notes.append(note)
     return TrainingPlan(minutes=float(minutes), device=str(dev), data=str(cfg.data),
                         train_tokens=rows_per_epoch * seq, probe_s=round(probe_s, 2), chosen=chosen,
                         candidates=cands, notes=notes)
