@@ -224,6 +224,15 @@ def test_a_budget_that_buys_many_epochs_warns_once_about_memorizing(corpus, tmp_
     assert many.count("warning: data-limited") == 1 and "--preset" in many
 
 
+def test_the_repetition_note_grows_with_the_epochs():
+    from vnmini.training.recipes import MAX_EPOCHS, repetition_note
+
+    assert repetition_note(MAX_EPOCHS, 561_000) is None
+    mild, severe = repetition_note(MAX_EPOCHS + 1, 561_000), repetition_note(2 * MAX_EPOCHS + 1, 561_000)
+    assert f"{MAX_EPOCHS + 1:.1f} epochs over 561,000 training tokens" in mild and "memorizes" not in mild
+    assert "memorizes" in severe and all("--preset" in n and "add text" in n for n in (mild, severe))
+
+
 def test_bad_budget_values_are_one_line(cli, corpus, tmp_path):
     for bad in ("0", "-3", "nan", "inf"):
         code, _, err = cli("train", "--data", corpus / "shards", "--out", tmp_path / "r", "--max-minutes", bad)
