@@ -13,7 +13,8 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
    same tokenizer, shape, optimizer steps, tokens and rows of the training split (with a
    partial cache, ``--cache-windows``, the KD student learns by cross-entropy where it has
    no teacher); a student whose settings are unchanged since the last run in ``--work`` is
-   reused (training is deterministic), so trying another ``--alpha`` retrains only the KD one;
+   reused (training is deterministic; each settings hash has its own folder), so trying another
+   ``--alpha`` retrains only the KD one;
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's context up to 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
@@ -143,25 +144,25 @@ def main() -> None:
     reused: list[str] = []
 
     def student(name: str, label: str, key: dict, fn) -> dict:
-        """Train run ``name`` (this script's own folder), or reuse it: training is deterministic (same seed,
-        rows and settings give the same weights), so a rerun that changes only the other student keeps this one."""
-        memo = w / f"{name}.run.json"
-        if not a.fresh and memo.is_file() and (w / name / "final").is_dir():
-            old = json.loads(memo.read_text(encoding="utf-8"))
-            if old["key"] == key:
-                reused.append(label)
-                return old["summary"]
-        shutil.rmtree(w / name, ignore_errors=True)
-        memo.unlink(missing_ok=True)
-        s = stage(label, fn)
+        """Train ``fn(out)`` into ``NAME-<settings hash>/`` in ``--work``, or reuse that run: training is
+        deterministic (same seed, rows and settings give the same weights), so a rerun that changes only the other
+        student keeps this one, and a run with other settings (``--steps``, ``--alpha``) sits beside it."""
+        key_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        out = w / f"{name}-{key_id}"
+        memo = out / "run.json"
+        if not a.fresh and memo.is_file() and (out / "final").is_dir():
+            reused.append(label)
+            return json.loads(memo.read_text(encoding="utf-8"))["summary"]
+        shutil.rmtree(out, ignore_errors=True)
+        s = stage(label, lambda: fn(str(out)))
         s = {k: s.get(k) for k in ("final", "steps", "tokens", "elapsed_s", "eval_bpb")}
         memo.write_text(json.dumps({"key": key, "summary": s}), encoding="utf-8")
         return s
 
     base_key = {**common, "shards": cache["shards_fingerprint"]}
     kd = student("kd", "KD student", {**base_key, "alpha": a.alpha, "cache": cache["teacher"], "k": a.k},
-                 lambda: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=str(w / "kd"), **common))
-    scratch = student("scratch", "scratch student", base_key, lambda: train(out=str(w / "scratch"), **common))
+                 lambda out: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=out, **common))
+    scratch = student("scratch", "scratch student", base_key, lambda out: train(out=out, **common))
     ggufs = {}
     for name, s in (("kd", kd), ("scratch", scratch)):
         path = w / f"{name}-q8_0.gguf"
