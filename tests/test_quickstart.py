@@ -77,3 +77,16 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
     code, _, err = cli("quickstart", "--minutes", "7", "--out", tmp_path / "other", "--wheel", wheel)
     assert code == 2 and "--minutes" in err and "10" in err and "60" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_an_epochs_cap_bounds_a_timed_stage_and_needs_the_split_size():
+    from vnmini.quickstart import PROFILES, Budget
+
+    kw = Budget(minutes=30, epochs=5).kwargs(train_tokens=560_821, batch_tokens=2048)
+    assert kw["max_minutes"] == 30 and kw["max_steps"] == 1370  # ceil(5 · 560,821 / 2,048)
+    assert "max_steps" not in Budget(minutes=30).kwargs()  # a plain time budget stays uncapped
+    with pytest.raises(ValueError, match="train_tokens"):
+        Budget(minutes=30, epochs=5).kwargs()
+    hour = PROFILES["hour"]  # the laptop hour stops its teacher and students at the epochs that generalize
+    assert hour.teacher.epochs is not None and hour.teacher.epochs == hour.student.epochs
+    assert hour.sft.epochs is None
