@@ -5,14 +5,15 @@
     python benchmarks/recipe_sweep.py --smoke                          # ~1 minute: proves the pipeline works
 
 Every variant changes one thing from the base recipe (``vnmini.training.recipes``:
-``tiny``, 4k vocabulary, 2,048-token batches, lr 3e-3, warmup 20, WSD with the
-last 20 % decaying): global batch, lr, warmup, decay fraction, vocabulary size
-(2k/4k/8k/16k, each its own ``vnmini tokenizer train`` + ``vnmini data prepare``) and
-shape (``micro`` … ``mini``). Each run is ``vnmini train --max-minutes M`` (so the
-time plan sizes it), then ``vnmini eval`` scores its final checkpoint on the same
-text for all: the first ``--heldout-bytes`` of the held-out statute code, which no
-run trained on (bits per *byte*, so vocabularies compare). Everything goes through
-the real CLI in subprocesses, one run at a time.
+``tiny``, 4k vocabulary, 2,048-token batches, lr 3e-3, warmup 20, WSD with the last 20 %
+decaying): global batch, lr, warmup, decay fraction, vocabulary size (2k/4k/8k/16k, each
+its own ``vnmini tokenizer train`` + ``vnmini data prepare``), shape (``micro`` …
+``mini``) and an epochs cap (``epochs5``: ``--max-steps`` for 5 epochs of the training
+split on top of the budget, which then only bounds it). Each run is ``vnmini train
+--max-minutes M`` (so the time plan sizes it), then ``vnmini eval`` scores its final
+checkpoint on the same text for all: the first ``--heldout-bytes`` of the held-out
+statute code, which no run trained on (bits per *byte*, so vocabularies compare).
+Everything goes through the real CLI in subprocesses, one run at a time.
 
 Writes ``benchmarks/results_recipes.jsonl`` (one record per run; reruns skip the
 runs already there unless ``--force``), ``results_recipes.md`` (a table) and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -41,6 +43,9 @@ VARIANTS = {
     "decay0.1": dict(decay=0.1), "decay0.4": dict(decay=0.4),
     "vocab2k": dict(vocab=2048), "vocab8k": dict(vocab=8192), "vocab16k": dict(vocab=16384),
     "micro": dict(preset="micro"), "mini": dict(preset="mini"),
+    # Stop after this many epochs of the training split, if the budget lasts that long (--max-steps on top of
+    # --max-minutes; give them a budget that does, e.g. --minutes 60): the held-out curve over repetition.
+    "epochs3": dict(epochs=3.0), "epochs5": dict(epochs=5.0), "epochs7.5": dict(epochs=7.5),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
@@ -120,7 +125,12 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
         shutil.rmtree(out)  # a half run from an interrupted sweep: start it again (it is one budget)
     t0 = time.perf_counter()
     micro = max(1, min(8, v["batch"] // 256))  # 256-token rows; small batches need smaller forwards
+    cap = []
+    if v.get("epochs"):
+        train_tokens = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["train"]["tokens"]
+        cap = ["--max-steps", str(math.ceil(v["epochs"] * train_tokens / v["batch"]))]
     run(["train", "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
+         *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
          "--warmup-steps", str(v["warmup"]), "--schedule", "wsd", "--decay-fraction", str(v["decay"]),
          "--eval-every", str(v.get("eval_every", 50)), "--eval-tokens", str(v.get("eval_tokens", 16384)),
@@ -208,7 +218,7 @@ def main() -> None:
     minutes = a.minutes
     if a.smoke:
         corpus = smoke_corpus(corpus, work)
-        names, minutes = ["base", "vocab2k"], [0.1]
+        names, minutes = ["base", "vocab2k", "epochs5"], [0.1]
     prefix = Path(a.out) if a.out else (work / "results_smoke" if a.smoke else HERE / "results_recipes")
     heldout = heldout_slice(corpus, work, 8192 if a.smoke else a.heldout_bytes)
     jsonl = prefix.with_suffix(".jsonl")
