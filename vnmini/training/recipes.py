@@ -29,7 +29,9 @@ Evidence (issue 16; a 2-core x86 CPU, the default statute corpus):
 - Epochs (``QUICKSTART_EPOCHS``, the laptop-hour profile's cap): ``tiny`` runs of 887, 1,335
   and 2,000 steps (3.2, 5.0, 7.5 epochs) scored 0.856, **0.813** and 0.853 held-out; ``mini``
   given 36 minutes (3.5 epochs, the hour profile of the time) 0.916, and a ``micro`` in 4.4
-  minutes (5.4 epochs) 0.840: on this corpus the epochs count more than the shape.
+  minutes (5.4 epochs) 0.840: on this corpus the epochs count more than the shape. Chat SFT
+  repeats too: 10 minutes of it (5.3 epochs of the statute Q&A) took that 5-epoch teacher
+  from 0.810 to 1.152 held-out, while the 10-minute profile's ~70 s (0.7 epochs) costs ~0.006.
 - ``benchmarks/train_tiny.py`` (``benchmarks/results_train.md``): ``tiny``, 8,192-token
   batches, cosine, 201 steps in 7.5 min: 1.118 held-out bpb (fewer, bigger steps).
 
