@@ -45,7 +45,8 @@ VARIANTS = {
     "micro": dict(preset="micro"), "mini": dict(preset="mini"),
     # Stop after this many epochs of the training split, if the budget lasts that long (--max-steps on top of
     # --max-minutes; give them a budget that does, e.g. --minutes 60): the held-out curve over repetition.
-    "epochs3": dict(epochs=3.0), "epochs5": dict(epochs=5.0), "epochs7.5": dict(epochs=7.5),
+    "epochs3": dict(epochs=3.0), "epochs4": dict(epochs=4.0), "epochs5": dict(epochs=5.0), "epochs6": dict(epochs=6.0),
+    "epochs7.5": dict(epochs=7.5),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
