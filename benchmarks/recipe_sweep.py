@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -129,7 +128,9 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
     cap = []
     if v.get("epochs"):
         train_tokens = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["train"]["tokens"]
-        cap = ["--max-steps", str(math.ceil(v["epochs"] * train_tokens / v["batch"]))]
+        from vnmini.training.recipes import steps_for_epochs
+
+        cap = ["--max-steps", str(steps_for_epochs(v["epochs"], train_tokens, v["batch"]))]
     run(["train", "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),

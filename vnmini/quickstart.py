@@ -24,7 +24,6 @@ test suite runs (a small vocabulary, a toy model and step budgets).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -60,7 +59,7 @@ class Budget:
                 raise ValueError("an epochs cap needs train_tokens and batch_tokens")
             # The time plan lays its decay out over min(this cap, what the minutes buy): a fast machine ends
             # early at the epochs that generalize best instead of memorizing the corpus (recipes.QUICKSTART_EPOCHS).
-            kw["max_steps"] = max(1, math.ceil(self.epochs * train_tokens / batch_tokens))
+            kw["max_steps"] = recipes.steps_for_epochs(self.epochs, train_tokens, batch_tokens)
         return kw
 
 
@@ -123,7 +122,7 @@ PROFILES = {
                    vocab=recipes.QUICKSTART_VOCAB),
     # The laptop hour: a `tiny` teacher trained to the epochs that generalize best (QUICKSTART_EPOCHS), `micro`
     # students far behind it (short, as in the 10-minute profile, where KD beat its control) and the 10-minute
-    # profile's short chat SFT. The minutes are an upper bound: on 2 idle cores the run ends after ~17 minutes,
+    # profile's short chat SFT. The minutes are an upper bound: on 2 idle cores the run ends after ~15 minutes,
     # once the corpus is used up. Measured on the held-out code: a `mini` teacher given 36 minutes (3.5 epochs)
     # scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs); a `tiny` given 33 minutes (21 epochs)
     # 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch teacher's 0.810 to 1.152 (recipes.py).

@@ -45,6 +45,7 @@ Everything else below is a rule of thumb, marked ``# rule:``, until
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -97,6 +98,11 @@ def repetition_note(epochs: float, train_tokens: int) -> str | None:
     return (f"data-limited: {epochs:.1f} epochs over {train_tokens:,} training tokens; past ~{MAX_EPOCHS:g} epochs "
             f"repeated tokens are worth much less (Muennighoff et al. 2023) and{worse} take a bigger --preset "
             "(`vnmini plan --minutes M` picks one), add text, or give fewer minutes")
+
+
+def steps_for_epochs(epochs: float, train_tokens: int, batch_tokens: int) -> int:
+    """Optimizer steps that cover ``epochs`` passes over ``train_tokens`` in ``batch_tokens``-token batches."""
+    return max(1, math.ceil(epochs * train_tokens / batch_tokens))
 
 
 def every(steps: int, per_run: int, pause_s: float, step_s: float, share: float) -> int:
