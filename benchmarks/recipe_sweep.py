@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BASE = dict(preset="tiny", vocab=4096, batch=2048, lr=3e-3, warmup=20, decay=0.2)
+BASE = dict(preset="tiny", vocab=4096, batch=2048, lr=3e-3, warmup=20, decay=0.2, wd=0.1)
 VARIANTS = {
     "base": {},
     "batch1024": dict(batch=1024), "batch4096": dict(batch=4096), "batch8192": dict(batch=8192),
@@ -46,6 +46,10 @@ VARIANTS = {
     # --max-minutes; give them a budget that does, e.g. --minutes 60): the held-out curve over repetition.
     "epochs3": dict(epochs=3.0), "epochs4": dict(epochs=4.0), "epochs5": dict(epochs=5.0), "epochs6": dict(epochs=6.0),
     "epochs7.5": dict(epochs=7.5),
+    # Data-limited regularization and vocabulary at the 5-epoch cap (Kim et al. 2025, "Pre-training under infinite
+    # compute": with repeated data the best weight decay is several times the usual 0.1).
+    "wd0.5-e5": dict(wd=0.5, epochs=5.0), "wd1-e5": dict(wd=1.0, epochs=5.0), "wd1-e8": dict(wd=1.0, epochs=8.0),
+    "vocab8k-e5": dict(vocab=8192, epochs=5.0), "vocab2k-e5": dict(vocab=2048, epochs=5.0),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
@@ -135,6 +139,7 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
          "--warmup-steps", str(v["warmup"]), "--schedule", "wsd", "--decay-fraction", str(v["decay"]),
+         "--weight-decay", str(v.get("wd", 0.1)),
          "--eval-every", str(v.get("eval_every", 50)), "--eval-tokens", str(v.get("eval_tokens", 16384)),
          "--save-every", "0", "--sample-tokens", "0", "--threads", str(threads), "--no-progress"],
         log, minutes * 60 * 1.5 + 300)
@@ -162,9 +167,9 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
              "`vnmini eval --context 256`. One change from the base recipe per row; lower is better. tok/s is the "
              "run's median training throughput: each run is one wall-clock budget, so a slower machine (another "
              "process, a noisy host) gives it fewer steps; compare steps as well as bpb.", "",
-             "| variant | preset | vocab | batch | lr | warmup | decay | "
+             "| variant | preset | vocab | batch | lr | warmup | decay | wd | "
              + " | ".join(f"{m:g} min bpb (steps, epochs, tok/s)" for m in mins) + " |",
-             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
+             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
     for n in names:
         r0 = next(r for r in results if r["variant"] == n)
         cells = []
@@ -173,7 +178,7 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
             cells.append(f"**{r['heldout_bpb']:.3f}** ({r['steps']}, {r['epochs']:.2f}, {r['tokens_per_s'] or 0:,.0f})"
                          if r else "")
         lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0['batch']} | {r0['lr']:g} | {r0['warmup']} | "
-                     f"{r0['decay']} | " + " | ".join(cells) + " |")
+                     f"{r0['decay']} | {r0.get('wd', 0.1):g} | " + " | ".join(cells) + " |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     import matplotlib
 
