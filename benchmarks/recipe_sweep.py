@@ -8,7 +8,7 @@ Every variant changes one thing from the base recipe (``vnmini.training.recipes`
 ``tiny``, 4k vocabulary, 2,048-token batches, lr 3e-3, warmup 20, WSD with the last 20 %
 decaying): global batch, lr, warmup, decay fraction, vocabulary size (2k/4k/8k/16k, each
 its own ``vnmini tokenizer train`` + ``vnmini data prepare``), shape (``micro`` …
-``mini``) and an epochs cap (``epochs5``: ``--max-steps`` for 5 epochs of the training
+``mini``) and an epochs cap (``epochs5``: ``--max-epochs 5``, passes over the training
 split on top of the budget, which then only bounds it). Each run is ``vnmini train
 --max-minutes M`` (so the time plan sizes it), then ``vnmini eval`` scores its final
 checkpoint on the same text for all: the first ``--heldout-bytes`` of the held-out
@@ -42,7 +42,7 @@ VARIANTS = {
     "decay0.1": dict(decay=0.1), "decay0.4": dict(decay=0.4),
     "vocab2k": dict(vocab=2048), "vocab8k": dict(vocab=8192), "vocab16k": dict(vocab=16384),
     "micro": dict(preset="micro"), "mini": dict(preset="mini"),
-    # Stop after this many epochs of the training split, if the budget lasts that long (--max-steps on top of
+    # Stop after this many epochs of the training split, if the budget lasts that long (--max-epochs on top of
     # --max-minutes; give them a budget that does, e.g. --minutes 60): the held-out curve over repetition.
     "epochs3": dict(epochs=3.0), "epochs4": dict(epochs=4.0), "epochs5": dict(epochs=5.0), "epochs6": dict(epochs=6.0),
     "epochs7.5": dict(epochs=7.5),
@@ -129,12 +129,7 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
         shutil.rmtree(out)  # a half run from an interrupted sweep: start it again (it is one budget)
     t0 = time.perf_counter()
     micro = max(1, min(8, v["batch"] // 256))  # 256-token rows; small batches need smaller forwards
-    cap = []
-    if v.get("epochs"):
-        train_tokens = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["train"]["tokens"]
-        from vnmini.training.recipes import steps_for_epochs
-
-        cap = ["--max-steps", str(steps_for_epochs(v["epochs"], train_tokens, v["batch"]))]
+    cap = ["--max-epochs", str(v["epochs"])] if v.get("epochs") else []
     run(["train", "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),

@@ -56,6 +56,7 @@ def distill(
     global_batch_tokens: int = cfg_opt("global_batch_tokens"),
     max_steps: int = cfg_opt("max_steps"),
     max_minutes: float = cfg_opt("max_minutes"),
+    max_epochs: float = cfg_opt("max_epochs"),
     lr: float = cfg_opt("lr"),
     warmup_steps: int = cfg_opt("warmup_steps"),
     schedule: str = cfg_opt("schedule"),

@@ -38,6 +38,7 @@ def plan_cmd(
     lr: float = cfg_opt("lr", help="Peak learning rate, kept as given (default: the recipe's)."),
     warmup_steps: int = cfg_opt("warmup_steps", help="Linear warmup steps, kept as given (default: the recipe's)."),
     schedule: str = cfg_opt("schedule", help="cosine, wsd or constant, kept as given (default: the recipe's)."),
+    max_epochs: float = cfg_opt("max_epochs", help="Plan at most this many passes over the training rows."),
     eval_tokens: int = cfg_opt("eval_tokens"),
     sample_tokens: int = cfg_opt("sample_tokens"),
     threads: int = cfg_opt("threads"),

@@ -88,6 +88,12 @@ def test_python_twin_and_table(shards, clock):
     assert "→" in table and "| tiny |" in table and "epochs" in table.splitlines()[0]
     assert p.chosen.epochs == pytest.approx(p.chosen.tokens / p.train_tokens)
     assert p.settings()["preset"] == "tiny" and p.settings()["schedule"] == "wsd"
+    # An epochs bound (and a step bound) the user sets caps the planned steps, as the trainer will.
+    small = dict(minutes=1, data=str(shards), preset="tiny", seq_len=16, micro_batch=2, threads=1, sample_tokens=0,
+                 global_batch_tokens=32)
+    free, few = vnmini.plan(**small).chosen, vnmini.plan(**small, max_epochs=0.5).chosen
+    assert few.steps < free.steps and 0.5 <= few.epochs < 0.5 + 32 / p.train_tokens, (few, free)
+    assert vnmini.plan(**small, max_steps=3).chosen.steps == 3
 
 
 def test_bad_values_are_one_line(cli, shards, tmp_path):

@@ -79,14 +79,12 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
     assert not (tmp_path / "other").exists()
 
 
-def test_an_epochs_cap_bounds_a_timed_stage_and_needs_the_split_size():
+def test_an_epochs_cap_bounds_a_timed_stage():
     from vnmini.quickstart import PROFILES, Budget
 
-    kw = Budget(minutes=30, epochs=5).kwargs(train_tokens=560_821, batch_tokens=2048)
-    assert kw["max_minutes"] == 30 and kw["max_steps"] == 1370  # ceil(5 · 560,821 / 2,048)
-    assert "max_steps" not in Budget(minutes=30).kwargs()  # a plain time budget stays uncapped
-    with pytest.raises(ValueError, match="train_tokens"):
-        Budget(minutes=30, epochs=5).kwargs()
+    kw = Budget(minutes=30, epochs=5).kwargs()
+    assert kw["max_minutes"] == 30 and kw["max_epochs"] == 5 and "max_steps" not in kw  # the trainer counts rows
+    assert "max_epochs" not in Budget(minutes=30).kwargs()  # a plain time budget stays uncapped
     hour = PROFILES["hour"]  # the laptop hour stops its teacher and students at the epochs that generalize
     assert hour.teacher.epochs is not None and hour.teacher.epochs == hour.student.epochs
     assert hour.sft.epochs is None

@@ -224,6 +224,46 @@ def test_a_budget_that_buys_many_epochs_warns_once_about_memorizing(corpus, tmp_
     assert many.count("warning: data-limited") == 1 and "--preset" in many
 
 
+def test_max_epochs_stops_a_run_after_that_many_passes_and_ends_its_decay_there(corpus, tmp_path, clock):
+    import math
+
+    from vnmini.training.pretrain import train
+
+    def provenance(run):
+        return json.loads((run / "final" / "vnmini.json").read_text(encoding="utf-8"))
+
+    # Without a clock budget the epochs alone bound the run (no fallback to the 1,000-step default).
+    s = train(**kw(corpus, tmp_path / "steps", max_minutes=None, max_epochs=1.5))
+    prov = provenance(tmp_path / "steps")
+    rows, seqs = prov["rows_per_epoch"], 64 // 16
+    cap = math.ceil(1.5 * rows / seqs)
+    assert s["steps"] == cap and 1.5 <= s["epochs"] < 1.5 + seqs / rows
+    assert prov["config"]["max_epochs"] == 1.5 and prov["config"]["max_steps"] == cap
+    assert lr_at(TrainConfig(**prov["config"]), cap) == pytest.approx(1e-3)  # decayed to min_lr at the cap
+    # A time budget that buys more: the cap ends it, and the time plan lays the decay out over the cap.
+    s = train(**kw(corpus, tmp_path / "timed", max_minutes=BUDGET_MIN * 10, max_epochs=1.5))
+    plans = [r for r in read_metrics(tmp_path / "timed") if r.get("event") == "plan"]
+    assert s["steps"] == cap and plans and all(r["planned_steps"] == cap for r in plans)
+    assert plans[-1]["decay_start"] == cap - round(0.2 * cap) or plans[-1]["decay_start"] < cap
+    # A smaller --max-steps still wins; a budget that buys less than the cap is not lengthened by it.
+    assert train(**kw(corpus, tmp_path / "fewer", max_minutes=None, max_epochs=1.5, max_steps=7))["steps"] == 7
+    short = train(**kw(corpus, tmp_path / "short", max_minutes=BUDGET_MIN, max_epochs=1000))
+    assert short["steps"] < 1000 * rows / seqs and short["epochs"] < 1000
+
+
+def test_max_epochs_is_checked_and_lifts_the_sft_step_default(cli, corpus, tmp_path):
+    from vnmini.training.config import SFT_DEFAULTS, load_config
+
+    for bad in ("0", "-1", "nan", "inf"):
+        code, _, err = cli("train", "--data", corpus / "shards", "--out", tmp_path / "r", "--max-epochs", bad)
+        assert code == 2 and "--max-epochs" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+    # sft's 300-step default is a default, not a bound on an epochs budget; a --max-steps the user gives is.
+    assert load_config(None, {"data": "x.jsonl", "max_epochs": 2.0}, base=SFT_DEFAULTS).max_steps is None
+    assert load_config(None, {"data": "x.jsonl", "max_epochs": 2.0, "max_steps": 50}, base=SFT_DEFAULTS).max_steps == 50
+    assert load_config(None, {"data": "x.jsonl"}, base=SFT_DEFAULTS).max_steps == 300
+
+
 def test_the_repetition_note_grows_with_the_epochs():
     from vnmini.training.recipes import MAX_EPOCHS, repetition_note
 

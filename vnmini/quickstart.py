@@ -47,19 +47,18 @@ class Budget:
     steps: int | None = None
     epochs: float | None = None  # with minutes: also stop after this many epochs of the training split
 
-    def kwargs(self, train_tokens: int = 0, batch_tokens: int = 0) -> dict[str, Any]:
-        """Trainer keywords; an ``epochs`` cap needs the split's ``train_tokens`` and the global ``batch_tokens``."""
+    def kwargs(self) -> dict[str, Any]:
+        """Trainer keywords of this budget."""
         if self.steps is not None:
             return {"max_steps": self.steps, "warmup_steps": max(2, self.steps // 20),
                     "eval_every": max(1, self.steps // 4)}
         # Evals are paid out of the budget (the time plan re-plans around them): a few, on a small slice.
-        kw = {"max_minutes": self.minutes, "warmup_steps": WARMUP_STEPS, "eval_every": 100, "eval_tokens": 16384}
+        kw: dict[str, Any] = {"max_minutes": self.minutes, "warmup_steps": WARMUP_STEPS, "eval_every": 100,
+                              "eval_tokens": 16384}
         if self.epochs is not None:
-            if train_tokens <= 0 or batch_tokens <= 0:
-                raise ValueError("an epochs cap needs train_tokens and batch_tokens")
             # The time plan lays its decay out over min(this cap, what the minutes buy): a fast machine ends
             # early at the epochs that generalize best instead of memorizing the corpus (recipes.QUICKSTART_EPOCHS).
-            kw["max_steps"] = recipes.steps_for_epochs(self.epochs, train_tokens, batch_tokens)
+            kw["max_epochs"] = self.epochs
         return kw
 
 
@@ -268,13 +267,12 @@ def quickstart(
 
     shards = st.run("shards", total, _shards, lambda r: [r["path"]])
     data = shards["path"]
-    split = (shards["train_tokens"], prof.global_batch_tokens)  # what an epochs cap counts in
 
     def _teacher() -> dict:
         from vnmini.training.pretrain import train
 
         return {**train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset, lr=lr_of(prof.teacher_preset),
-                        **prof.teacher.kwargs(*split), **common), "preset": prof.teacher_preset}
+                        **prof.teacher.kwargs(), **common), "preset": prof.teacher_preset}
 
     teacher = st.run("teacher", total, _teacher, lambda r: [r["final"]])
 
@@ -295,7 +293,7 @@ def quickstart(
 
         return {**distill(teacher_cache=cache["path"], data=data, out=str(out / "student"),
                           preset=prof.student_preset, lr=lr_of(prof.student_preset), alpha=prof.kd_alpha,
-                          kd="forward", **prof.student.kwargs(*split), **common), "preset": prof.student_preset}
+                          kd="forward", **prof.student.kwargs(), **common), "preset": prof.student_preset}
 
     student = st.run("student (KD)", total, _student, lambda r: [r["final"]])
 
@@ -304,7 +302,7 @@ def quickstart(
 
         # The control: the student's shape, data, recipe and budget, without the teacher.
         return {**train(data=data, out=str(out / "scratch"), preset=prof.student_preset, lr=lr_of(prof.student_preset),
-                        **prof.student.kwargs(*split), **common), "preset": prof.student_preset}
+                        **prof.student.kwargs(), **common), "preset": prof.student_preset}
 
     scratch = st.run("student (scratch control)", total, _scratch, lambda r: [r["final"]])
 

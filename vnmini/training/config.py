@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vnmini.errors import VnminiError
+from vnmini.training import recipes
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DEFAULT_MAX_STEPS = 1000
@@ -52,6 +53,8 @@ class TrainConfig:
     max_minutes: float | None = _f(None, "Wall-time budget: the step count and the lr decay are planned from the "
                                          "measured throughput so the run ends decayed, evaluated and "
                                          "checkpointed at the deadline.")
+    max_epochs: float | None = _f(None, "Stop after this many passes over the training rows (an upper bound with "
+                                        "--max-steps/--max-minutes; the lr decay ends where the run does).")
     plan: str | None = _f(None, "auto: with --max-minutes, pick preset, batch, lr, warmup and schedule by a "
                                 "throughput probe (what `vnmini plan` prints); flags you set win.")
     # ---- optimizer and schedule
@@ -95,7 +98,9 @@ class TrainConfig:
 
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise bad("max_minutes", f"must be a positive number of minutes (got {self.max_minutes}).")
-        if self.max_steps is None and self.max_minutes is None:
+        if self.max_epochs is not None and not (math.isfinite(self.max_epochs) and self.max_epochs > 0):
+            raise bad("max_epochs", f"must be a positive number of epochs (got {self.max_epochs}).")
+        if self.max_steps is None and self.max_minutes is None and self.max_epochs is None:
             self.max_steps = DEFAULT_MAX_STEPS  # a step-only run keeps its historical default
         for name in ("seq_len", "micro_batch", "global_batch_tokens", "max_steps", "keep_last", "log_every"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
@@ -127,8 +132,22 @@ class TrainConfig:
 
     @property
     def step_limit(self) -> int:
-        """The most optimizer steps this run may take (``max_steps``, or unbounded under a time budget)."""
+        """The most optimizer steps this run may take (``max_steps``, or unbounded under a time budget).
+
+        A ``max_epochs`` cap is folded into ``max_steps`` by :meth:`with_epochs_cap` once the split is known.
+        """
         return int(self.max_steps) if self.max_steps is not None else UNBOUNDED_STEPS
+
+    def with_epochs_cap(self, train_rows: int) -> TrainConfig:
+        """This config with ``max_epochs`` (if set) turned into a ``max_steps`` bound over ``train_rows`` rows.
+
+        The trainer calls it when it knows the split; the time plan and the lr schedule then only ever see
+        steps. Deterministic, so a resumed run re-derives the same bound.
+        """
+        if self.max_epochs is None:
+            return self
+        cap = recipes.steps_for_epochs(self.max_epochs, train_rows, self.global_batch_tokens // self.seq_len)
+        return self.replace(max_steps=cap if self.max_steps is None else min(int(self.max_steps), cap))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,8 +242,8 @@ def load_config(
     values: dict[str, Any] = dict(base or {})
     chosen = user_values(path, overrides)
     values.update(chosen)
-    if values.get("max_minutes") is not None and "max_steps" not in chosen:
-        values.pop("max_steps", None)  # a base's step count is a default, not a bound on the time budget
+    if (values.get("max_minutes") is not None or values.get("max_epochs") is not None) and "max_steps" not in chosen:
+        values.pop("max_steps", None)  # a base's step count is a default, not a bound on a time or epochs budget
     return config_from_dict(values, str(path) if path is not None else "config")
 
 

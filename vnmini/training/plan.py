@@ -109,7 +109,8 @@ def _probe(cfg: TrainConfig, model, source, tok, until: float) -> float:
 
     with tempfile.TemporaryDirectory(prefix="vnmini-probe-") as tmp:
         pc = cfg.replace(out=tmp, global_batch_tokens=cfg.micro_batch * cfg.seq_len * _world(), max_minutes=None,
-                         max_steps=None, plan=None, resume=False, progress=False, eval_every=0, save_every=0)
+                         max_steps=None, max_epochs=None, plan=None, resume=False, progress=False, eval_every=0,
+                         save_every=0)
         tr = Trainer(pc, model, source, tokenizer=tok, log=lambda s: None)
         try:
             tr.module.train()
@@ -173,7 +174,7 @@ def plan(minutes: float, data: str | Path | None = None, device: str = "auto", p
     kind = "cuda" if dev.type == "cuda" else "cpu"
     rules = recipes.RULES[kind]
     tok, train_r, val_r, windows = _source(cfg)
-    fixed = {k: chosen_by_user[k] for k in PLANNED if k in chosen_by_user}
+    fixed = {k: chosen_by_user[k] for k in (*PLANNED, "max_steps") if k in chosen_by_user}
     names = [None] if cfg.init_from else ([fixed["preset"]] if "preset" in fixed else list(rules.candidates))
     seq = fixed.get("seq_len", rules.seq_len)
     micro = fixed.get("micro_batch", rules.micro_batch)
@@ -237,6 +238,8 @@ def _candidate(label: str, mcfg, tps: float, left: float, kind: str, fixed: dict
     steps = schedule.steps_that_fit(left - eval_s - save_s, step_s, eval_s, save_s, eval_every, save_every)
     if cfg.max_steps is not None and "max_steps" in fixed:
         steps = min(steps, cfg.max_steps)
+    if cfg.max_epochs is not None:  # the same bound the trainer derives (TrainConfig.with_epochs_cap)
+        steps = min(steps, recipes.steps_for_epochs(cfg.max_epochs, rows_per_epoch, batch // seq))
     warmup = fixed.get("warmup_steps", recipes.warmup_for(steps))
     return Candidate(
         preset=label, params=params, seq_len=seq, micro_batch=micro, global_batch_tokens=batch,
@@ -252,6 +255,6 @@ def plan_for_config(cfg: TrainConfig, chosen_by_user: dict[str, Any]) -> Trainin
     """The plan ``--plan auto`` applies to ``cfg`` (what the user chose stays fixed)."""
     assert cfg.max_minutes is not None
     keep = (*PLANNED, "tokenizer", "init_from", "threads", "kernels", "eval_tokens", "sample_tokens", "seed",
-            "max_steps", "dtype", "compile")
+            "max_steps", "max_epochs", "dtype", "compile")
     return plan(cfg.max_minutes, data=cfg.data, device=cfg.device,
                 **{k: v for k, v in chosen_by_user.items() if k in keep})

@@ -101,7 +101,10 @@ def repetition_note(epochs: float, train_tokens: int) -> str | None:
 
 
 def steps_for_epochs(epochs: float, train_tokens: int, batch_tokens: int) -> int:
-    """Optimizer steps that cover ``epochs`` passes over ``train_tokens`` in ``batch_tokens``-token batches."""
+    """Optimizer steps that cover ``epochs`` passes over ``train_tokens`` in ``batch_tokens``-token batches.
+
+    Any unit works as long as both are in it (the trainer passes rows and rows per step).
+    """
     return max(1, math.ceil(epochs * train_tokens / batch_tokens))
 
 

@@ -148,6 +148,8 @@ class Trainer:
         if source.train_rows < 1:
             raise VnminiError(f"{cfg.data}: fewer than seq_len+1 = {cfg.seq_len + 1} training tokens; "
                               "lower --seq-len or add data.")
+        # --max-epochs becomes a step bound here, where the split's size is known (the plan and lr see steps).
+        self.cfg = cfg = self.cfg.with_epochs_cap(source.train_rows)
         self._prev_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
