@@ -1,0 +1,107 @@
+"""What chat SFT costs the model's held-out statute prose, per SFT recipe (lr × length), measured side by side.
+
+The quickstart's chat model is its best pretrained model fine-tuned on the statute
+Q&A (``vnmini data sft-from-statutes``); that fine-tuning moves it away from raw
+prose, and the held-out bits per byte of the chat model is the number the
+quickstart is judged on. This script fine-tunes one base checkpoint with each
+recipe through the real ``vnmini sft`` and scores every result with ``vnmini eval
+--context 256`` on the same held-out text, next to the base itself, plus the SFT's
+own validation bpb (held-out conversations: how well it learned to answer)::
+
+    python benchmarks/sft_cost.py --base runs/qs-hour/teacher/final --data runs/qs-hour/sft.jsonl \\
+        --heldout runs/qs-hour/heldout_eval.txt
+
+Prints a markdown table and writes ``benchmarks/results_sft_cost.{jsonl,md}``.
+Each recipe is ``lr:epochs`` (``--max-epochs`` of the SFT rows); runs already in
+the results file are kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from recipe_sweep import run as vnmini  # noqa: E402  (one runner of CLI subprocesses for the benchmarks)
+
+DEFAULT_RECIPES = "1e-3:0.6,3e-4:0.6,1e-3:0.3,3e-4:0.3,1e-4:0.6"
+
+
+def heldout_bpb(model: Path, text: Path, log: Path, threads: int) -> float:
+    out = vnmini(["eval", str(model), "--text", str(text), "--context", "256", "--json", "--threads", str(threads)],
+                 log, 1800)
+    return float(json.loads(out.strip().splitlines()[-1])["bpb"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, required=True, help="The pretrained checkpoint chat SFT starts from.")
+    ap.add_argument("--data", type=Path, required=True, help="Messages JSONL (vnmini data sft-from-statutes).")
+    ap.add_argument("--heldout", type=Path, required=True, help="Held-out prose every model is scored on.")
+    ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"Comma list of lr:epochs (default {DEFAULT_RECIPES}).")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vnmini_sft_cost"))
+    ap.add_argument("--out", type=Path, default=HERE / "results_sft_cost", help="Results prefix.")
+    ap.add_argument("--profile", default="hour", help="Quickstart profile whose batch, context and schedule SFT uses.")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--force", action="store_true", help="Redo recipes already in the results file.")
+    a = ap.parse_args()
+    for flag, p in (("--base", a.base), ("--data", a.data), ("--heldout", a.heldout)):
+        if not p.exists():
+            raise SystemExit(f"{flag} {p}: no such file or folder.")
+    a.work.mkdir(parents=True, exist_ok=True)
+    log = a.work / "sft_cost.log"
+    jsonl = a.out.with_suffix(".jsonl")
+    rows = [json.loads(x) for x in jsonl.read_text(encoding="utf-8").splitlines() if x.strip()] \
+        if jsonl.is_file() and not a.force else []
+    rows = [r for r in rows if r["base"] == str(a.base)]
+    done = {r["recipe"] for r in rows}
+    from vnmini.quickstart import PROFILES, WARMUP_STEPS
+
+    prof = PROFILES[a.profile]
+    shape = ["--seq-len", str(prof.seq_len), "--global-batch-tokens", str(prof.global_batch_tokens), "--micro-batch",
+             str(prof.micro_batch), "--schedule", prof.schedule, "--warmup-steps", str(WARMUP_STEPS)]
+    base_bpb = heldout_bpb(a.base, a.heldout, log, a.threads)
+    for recipe in a.recipes.split(","):
+        if recipe in done:
+            print(f"{recipe}: in {jsonl} already")
+            continue
+        lr, epochs = (float(x) for x in recipe.split(":"))
+        run = a.work / recipe.replace(":", "_")
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        vnmini(["sft", "--data", str(a.data), "--init-from", str(a.base), "--out", str(run), "--lr", f"{lr:g}",
+                "--max-epochs", f"{epochs:g}", *shape, "--eval-every", "0", "--save-every", "0",
+                "--sample-tokens", "0", "--threads", str(a.threads), "--no-progress"], log, 3600)
+        wall = time.perf_counter() - t0
+        prov = json.loads((run / "final" / "vnmini.json").read_text(encoding="utf-8"))
+        r = {"base": str(a.base), "recipe": recipe, "lr": lr, "epochs": prov.get("epochs"), "steps": prov["step"],
+             "sft_val_bpb": prov.get("eval_bpb"), "base_heldout_bpb": base_bpb,
+             "heldout_bpb": heldout_bpb(run / "final", a.heldout, log, a.threads), "wall_s": round(wall, 1),
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        print(f"{recipe}: held-out {r['heldout_bpb']:.4f} (base {base_bpb:.4f}), SFT val {r['sft_val_bpb']:.4f}, "
+              f"{r['steps']} steps, {wall:.0f} s")
+        rows.append(r)
+        with jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    lines = ["# What chat SFT costs held-out prose (`benchmarks/sft_cost.py`)", "",
+             f"Base `{a.base}`: held-out **{base_bpb:.4f}** bpb on `{a.heldout}` (`vnmini eval --context 256`). "
+             f"SFT on the statute Q&A through `vnmini sft --max-epochs`, with the quickstart `{a.profile}` profile's "
+             f"context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token steps, "
+             f"{prof.schedule}, {WARMUP_STEPS} warmup steps); "
+             "SFT val bpb is on its held-out conversations (the assistant tokens). Lower is better in both.", "",
+             "| lr | SFT epochs | steps | held-out bpb | cost vs base | SFT val bpb | wall s |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["lr"], r["epochs"] or 0)):
+        lines.append(f"| {r['lr']:g} | {r['epochs']:.2f} | {r['steps']} | {r['heldout_bpb']:.4f} | "
+                     f"{r['heldout_bpb'] - base_bpb:+.4f} | {r['sft_val_bpb']:.4f} | {r['wall_s']:.0f} |")
+    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
