@@ -142,6 +142,9 @@ def sft_from_statutes(
     seed: int = _O(0, "--seed", help="Shuffles the conversations."),
     max_answer_chars: int = _O(1000, "--max-answer-chars", help="Cut long articles at a line end before this."),
     max_conversations: int = _O(None, "--max-conversations", help="Keep at most this many."),
+    replay: float = _O(0.0, "--replay", help="Also mix in the articles as {\"text\"} lines (trained as plain prose, "
+                                            "keeping the model's register): this many characters per answer "
+                                            "character."),
     force: bool = _O(False, "--force", "-f", help="Replace an existing output file."),
 ) -> None:
     """Build a Vietnamese chat set (questions about articles → the article's text) from statutes.
@@ -151,10 +154,11 @@ def sft_from_statutes(
     from vnmini.data.sft_statutes import build_statute_sft
 
     s = build_statute_sft(inputs, out, seed=seed, max_answer_chars=max_answer_chars,
-                          max_conversations=max_conversations, force=force)
+                          max_conversations=max_conversations, replay=replay, force=force)
     for code, n in s["codes"].items():
         typer.echo(f"{n:>6,} conversations  {code}")
-    typer.echo(f"wrote {s['out']} ({s['conversations']:,} conversations)")
+    text = f", {s['text_records']:,} text records" if s["text_records"] else ""
+    typer.echo(f"wrote {s['out']} ({s['conversations']:,} conversations{text})")
 
 
 def register(app: typer.Typer) -> None:

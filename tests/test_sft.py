@@ -155,3 +155,49 @@ def test_statute_builder_and_sft_end_to_end(tmp_path, tiny_tokenizer, cli):
     assert ck.provenance["kind"] == "sft" and ck.tokenizer.hash == tiny_tokenizer.hash
     code, _, err = cli("sft", "--data", tmp_path / "sft.jsonl", "--out", tmp_path / "x")
     assert code == 2 and "--init-from" in err
+
+
+def test_text_records_train_every_token_and_stay_out_of_validation(tmp_path, tiny_tokenizer):
+    from vnmini.training.sft import render_items, render_text
+
+    tok = tiny_tokenizer
+    prose = "Điều 7. Người lao động được hòa giải về thủy lợi, khỏe mạnh. " * 6
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in
+                         [{"messages": CONVS[1]}, {"text": prose}, {"messages": CONVS[2]}]), encoding="utf-8")
+    items = load_conversations(f)
+    assert items[1] == prose and items[0] == CONVS[1]
+    # Encoded as pretraining encodes a document, cut into seq_len pieces, every token trained.
+    pieces = render_text(tok, prose, 16)
+    assert [i for ids, _ in pieces for i in ids] == tok.encode(prose, add_bos=True, add_eos=True)
+    assert all(len(ids) <= 16 and all(mask) and len(mask) == len(ids) for ids, mask in pieces)
+    p = pack(render_items(tok, [prose], 16), 16, tok.pad_id)
+    assert (p.targets != -100).sum() == sum(len(ids) - 1 for ids, _ in pieces)
+    # Text records always train and don't shift which conversations are held out.
+    convs = [CONVS[i % 3] for i in range(40)]
+    with_text = [x for c in convs for x in (c, prose)]
+    assert split_val(with_text, 0.1)[1] == split_val(convs, 0.1)[1]
+    assert split_val(with_text, 0.1)[0].count(prose) == 40
+    f.write_text('{"text": ""}\n')
+    with pytest.raises(VnminiError, match=r"mixed.jsonl:1: .*text"):
+        load_conversations(f)
+
+
+def test_statute_builder_replay_mixes_in_the_articles(tmp_path, cli):
+    from vnmini.data.sft_statutes import build_statute_sft
+
+    corpus = tmp_path / "corpus"
+    (corpus / "train").mkdir(parents=True)
+    (corpus / "train" / "bo-luat-lao-dong-2019.jsonl").write_text(
+        "".join(json.dumps({"text": a}, ensure_ascii=False) + "\n" for a in ARTICLES), encoding="utf-8")
+    plain = build_statute_sft(corpus, tmp_path / "plain.jsonl")
+    assert plain["text_records"] == 0
+    mixed = build_statute_sft(corpus, tmp_path / "mixed.jsonl", replay=0.3)
+    items = load_conversations(tmp_path / "mixed.jsonl")
+    texts = [x for x in items if isinstance(x, str)]
+    answers = sum(len(m["content"]) for c in items if not isinstance(c, str) for m in c if m["role"] == "assistant")
+    assert mixed["text_records"] == len(texts) > 0 and mixed["conversations"] == plain["conversations"]
+    assert set(texts) <= set(ARTICLES[1:]) and sum(map(len, texts)) >= 0.3 * answers
+    code, _, err = cli("data", "sft-from-statutes", corpus, "--out", tmp_path / "bad.jsonl", "--replay", "-1")
+    assert code == 2 and "--replay" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.jsonl").exists()

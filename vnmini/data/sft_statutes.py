@@ -14,6 +14,10 @@ Kinds of questions (all three per article, in a seeded order):
 - "Điều 5 của Bộ luật lao động năm 2019 có tiêu đề là gì?" → "Điều 5 ... có tiêu đề: <tiêu đề>."
 - "Bộ luật lao động năm 2019 quy định thế nào về <tiêu đề>?" → "Theo Điều 5 ...: <body>"
 
+``replay`` (``--replay`` on the CLI) also mixes in the articles themselves as
+``{"text": ...}`` lines, which SFT trains on as plain prose, so fine-tuning for chat
+doesn't pull the model off the statute register (measured: ``benchmarks/sft_cost.py``).
+
 Only the training codes of a fetched corpus are used (``train/*.jsonl``); the
 held-out code stays unseen. Plain ``.txt`` statutes and ``.jsonl`` files of
 ``{"text": ...}`` articles are accepted too.
@@ -22,6 +26,7 @@ held-out code stays unseen. Plain ``.txt`` statutes and ``.jsonl`` files of
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Iterable
@@ -110,12 +115,20 @@ def build_statute_sft(
     seed: int = 0,
     max_answer_chars: int = 1000,
     max_conversations: int | None = None,
+    replay: float = 0.0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the chat JSONL to ``out`` (atomically; an existing file only with ``force``); returns counts per code."""
+    """Write the chat JSONL to ``out`` (atomically; an existing file only with ``force``); returns counts per code.
+
+    ``replay`` > 0 mixes in ``{"text": article}`` lines (trained on every token, see :mod:`vnmini.training.sft`):
+    whole training articles, in a seeded order, until their characters reach ``replay`` times the answers'.
+    """
+    if not (math.isfinite(replay) and replay >= 0):
+        raise VnminiError(f"--replay: must be a number >= 0 (got {replay}).")
     check_output(out, "file", force, flag="--out")
     paths = _inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     convs: list[dict[str, Any]] = []
+    articles: list[str] = []
     per_code: dict[str, int] = {}
     for path in paths:
         texts = [normalize(t) for t in _read_file(path)]
@@ -126,12 +139,25 @@ def build_statute_sft(
             m = _ARTICLE.match(t)
             if m and (m.group(2).strip() or m.group(3).strip()):
                 convs += article_conversations(code, m.group(1), m.group(2), m.group(3), max_answer_chars)
+                articles.append(t)
         per_code[code] = len(convs) - n0
     if not convs:
         raise VnminiError(f"{', '.join(map(str, paths))}: no articles (\"Điều N. ...\") found; is this statute text?")
     random.Random(seed).shuffle(convs)
     if max_conversations:
         convs = convs[:max_conversations]
+    lines: list[dict[str, Any]] = list(convs)
+    if replay:
+        want = replay * sum(len(m["content"]) for c in convs for m in c["messages"] if m["role"] == "assistant")
+        rng = random.Random(seed + 1)
+        order = rng.sample(articles, len(articles))
+        got = 0
+        for t in order:
+            if got >= want:
+                break
+            lines.append({"text": t})
+            got += len(t)
+        rng.shuffle(lines)
     with atomic_path(out) as tmp:
-        tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in convs), encoding="utf-8")
-    return {"out": str(out), "conversations": len(convs), "codes": per_code}
+        tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in lines), encoding="utf-8")
+    return {"out": str(out), "conversations": len(convs), "text_records": len(lines) - len(convs), "codes": per_code}

@@ -6,6 +6,12 @@ template; the loss covers the assistant turns only (their content and the
 closing ``<|im_end|>``, not the ``<|im_start|>assistant`` header nor any
 user/system token).
 
+A line may instead be ``{"text": ...}``: plain text, encoded as in pretraining
+(BOS, text, EOS), cut into ``seq_len`` pieces and trained on every token. Mixing
+pretraining text into SFT ("replay") keeps the model's prose from drifting while
+it learns to answer; such lines are training rows only (the validation split and
+its bits per byte are conversations).
+
 Packing: whole conversations are placed first-fit into rows of ``seq_len``
 tokens (a conversation is never split across rows; one longer than a row is
 cut to it) and padded. Inside a row every conversation gets its own position
@@ -40,16 +46,25 @@ from vnmini.training.trainer import Trainer
 
 ROLES = ("system", "user", "assistant")
 # SFT starts from a trained model: gentler and shorter than pretraining (file/flags still win).
-def load_conversations(path: str | Path) -> list[list[dict[str, str]]]:
-    """Read and check a messages JSONL; every bad line is refused with its line number."""
+Conversation = list[dict[str, str]]
+Item = Conversation | str  # a conversation, or a plain-text (replay) record
+
+
+def load_conversations(path: str | Path) -> list[Item]:
+    """Read and check a messages JSONL (``{"text"}`` lines come back as strings); bad lines name their number."""
     path = Path(path)
     if not path.is_file():
         raise VnminiError(f"--data {path}: no such file; give a JSONL of {{\"messages\": [...]}} lines.")
-    out = []
+    out: list[Item] = []
     for where, obj in iter_jsonl(path):
+        if isinstance(obj, dict) and "text" in obj and "messages" not in obj:
+            if not isinstance(obj["text"], str) or not obj["text"].strip():
+                raise VnminiError(f"{where}: \"text\" must be a non-empty string.")
+            out.append(obj["text"])
+            continue
         msgs = obj.get("messages") if isinstance(obj, dict) else None
         if not isinstance(msgs, list) or not msgs:
-            raise VnminiError(f"{where}: needs a non-empty \"messages\" list.")
+            raise VnminiError(f"{where}: needs a non-empty \"messages\" list (or a \"text\" string).")
         for m in msgs:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise VnminiError(f"{where}: each message needs role in {ROLES} and a string content (got {m!r:.80}).")
@@ -81,6 +96,25 @@ def render(tok: VnTokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
             mask.extend([False] * (len(after) - len(ids)))
         ids = after
     return ids, mask
+
+
+def render_text(tok: VnTokenizer, text: str, seq_len: int) -> list[tuple[list[int], list[bool]]]:
+    """A plain-text record as pretraining sees it (BOS if the tokenizer has one, text, EOS), in pieces of
+    ``seq_len`` tokens, every token trained."""
+    ids = tok.encode(text, add_bos=True, add_eos=True)
+    pieces = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+    return [(p, [True] * len(p)) for p in pieces if len(p) > 1]  # a lone last token has nothing to predict
+
+
+def render_items(tok: VnTokenizer, items: list[Item], seq_len: int) -> list[tuple[list[int], list[bool]]]:
+    """Every conversation rendered with the chat template, every text record cut into rows' worth."""
+    out: list[tuple[list[int], list[bool]]] = []
+    for it in items:
+        if isinstance(it, str):
+            out.extend(render_text(tok, it, seq_len))
+        else:
+            out.append(render(tok, it))
+    return out
 
 
 @dataclass
@@ -182,11 +216,19 @@ class PackedSource:
 
 
 def split_val(convs: list, val_fraction: float) -> tuple[list, list]:
-    """Deterministic split: of every 1/val_fraction conversations one (spread evenly) is held out."""
+    """Deterministic split: of every 1/val_fraction conversations one (spread evenly) is held out.
+
+    Text (replay) records are not counted and always train, so adding them leaves the validation split as it was.
+    """
     train, val = [], []
-    for i, c in enumerate(convs):
+    i = 0
+    for c in convs:
+        if isinstance(c, str):
+            train.append(c)
+            continue
         is_val = math.floor((i + 1) * val_fraction + 0.5) > math.floor(i * val_fraction + 0.5)
         (val if is_val else train).append(c)
+        i += 1
     return train, val
 
 
@@ -207,13 +249,15 @@ def sft(config: TrainConfig | str | Path | None = None, **overrides: Any) -> dic
                           f"({ck.model.config.max_position_embeddings}).")
     convs = load_conversations(cfg.data)
     train_c, val_c = split_val(convs, cfg.val_fraction)
-    train_p = pack([render(tok, c) for c in train_c], cfg.seq_len, tok.pad_id)
-    val_p = pack([render(tok, c) for c in val_c], cfg.seq_len, tok.pad_id) if val_c else None
+    train_p = pack(render_items(tok, train_c, cfg.seq_len), cfg.seq_len, tok.pad_id)
+    val_p = pack(render_items(tok, val_c, cfg.seq_len), cfg.seq_len, tok.pad_id) if val_c else None
     if train_p.conversations == 0:
         raise VnminiError(f"{cfg.data}: no conversation has assistant tokens within --seq-len {cfg.seq_len}.")
     model = ck.model.float()
-    cfg.extra.setdefault("sft", {"conversations": len(convs), "train_rows": len(train_p.input_ids),
-                                 "truncated": train_p.truncated, "dropped": train_p.dropped})
+    n_text = sum(isinstance(c, str) for c in convs)
+    cfg.extra.setdefault("sft", {"conversations": len(convs) - n_text, "text_records": n_text,
+                                 "train_rows": len(train_p.input_ids), "truncated": train_p.truncated,
+                                 "dropped": train_p.dropped})
     trainer = Trainer(cfg, model, PackedSource(train_p, val_p, cfg.seq_len), tokenizer=tok,
                       forward=packed_forward, module=PackedLM(model), kind="sft")
     try:
