@@ -12,8 +12,10 @@ own validation bpb (held-out conversations: how well it learned to answer)::
         --heldout runs/qs-hour/heldout_eval.txt
 
 Prints a markdown table and writes ``benchmarks/results_sft_cost.{jsonl,md}``.
-Each recipe is ``lr:epochs`` (``--max-epochs`` of the SFT rows); runs already in
-the results file are kept unless ``--force``.
+Each recipe is ``lr:steps`` (equal steps are equal minutes: the quickstart gives
+SFT a time budget); ``--data`` may mix in ``{"text"}`` replay lines
+(``vnmini data sft-from-statutes --replay``), and results of each data file are
+kept apart. Runs already in the results file are kept unless ``--force``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from recipe_sweep import run as vnmini  # noqa: E402  (one runner of CLI subprocesses for the benchmarks)
 
-DEFAULT_RECIPES = "1e-3:0.6,3e-4:0.6,1e-3:0.3,3e-4:0.3,1e-4:0.6"
+DEFAULT_RECIPES = "1e-3:200,3e-4:200,1e-3:100,1e-4:200"
 
 
 def heldout_bpb(model: Path, text: Path, log: Path, threads: int) -> float:
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True, help="The pretrained checkpoint chat SFT starts from.")
     ap.add_argument("--data", type=Path, required=True, help="Messages JSONL (vnmini data sft-from-statutes).")
     ap.add_argument("--heldout", type=Path, required=True, help="Held-out prose every model is scored on.")
-    ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"Comma list of lr:epochs (default {DEFAULT_RECIPES}).")
+    ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"Comma list of lr:steps (default {DEFAULT_RECIPES}).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vnmini_sft_cost"))
     ap.add_argument("--out", type=Path, default=HERE / "results_sft_cost", help="Results prefix.")
     ap.add_argument("--profile", default="hour", help="Quickstart profile whose batch, context and schedule SFT uses.")
@@ -58,7 +60,8 @@ def main() -> None:
     jsonl = a.out.with_suffix(".jsonl")
     rows = [json.loads(x) for x in jsonl.read_text(encoding="utf-8").splitlines() if x.strip()] \
         if jsonl.is_file() and not a.force else []
-    rows = [r for r in rows if r["base"] == str(a.base)]
+    others = [r for r in rows if (r["base"], r["data"]) != (str(a.base), str(a.data))]
+    rows = [r for r in rows if (r["base"], r["data"]) == (str(a.base), str(a.data))]
     done = {r["recipe"] for r in rows}
     from vnmini.quickstart import PROFILES, WARMUP_STEPS
 
@@ -70,16 +73,17 @@ def main() -> None:
         if recipe in done:
             print(f"{recipe}: in {jsonl} already")
             continue
-        lr, epochs = (float(x) for x in recipe.split(":"))
-        run = a.work / recipe.replace(":", "_")
+        lr, steps = float(recipe.split(":")[0]), int(recipe.split(":")[1])
+        run = a.work / f"{a.data.stem}-{recipe.replace(':', '_')}"
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
         vnmini(["sft", "--data", str(a.data), "--init-from", str(a.base), "--out", str(run), "--lr", f"{lr:g}",
-                "--max-epochs", f"{epochs:g}", *shape, "--eval-every", "0", "--save-every", "0",
+                "--max-steps", str(steps), *shape, "--eval-every", "0", "--save-every", "0",
                 "--sample-tokens", "0", "--threads", str(a.threads), "--no-progress"], log, 3600)
         wall = time.perf_counter() - t0
         prov = json.loads((run / "final" / "vnmini.json").read_text(encoding="utf-8"))
-        r = {"base": str(a.base), "recipe": recipe, "lr": lr, "epochs": prov.get("epochs"), "steps": prov["step"],
+        r = {"base": str(a.base), "data": str(a.data), "recipe": recipe, "lr": lr, "epochs": prov.get("epochs"),
+             "steps": prov["step"],
              "sft_val_bpb": prov.get("eval_bpb"), "base_heldout_bpb": base_bpb,
              "heldout_bpb": heldout_bpb(run / "final", a.heldout, log, a.threads), "wall_s": round(wall, 1),
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -88,17 +92,21 @@ def main() -> None:
         rows.append(r)
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    rows_all = others + rows
+    with jsonl.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_all)
     lines = ["# What chat SFT costs held-out prose (`benchmarks/sft_cost.py`)", "",
-             f"Base `{a.base}`: held-out **{base_bpb:.4f}** bpb on `{a.heldout}` (`vnmini eval --context 256`). "
-             f"SFT on the statute Q&A through `vnmini sft --max-epochs`, with the quickstart `{a.profile}` profile's "
-             f"context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token steps, "
-             f"{prof.schedule}, {WARMUP_STEPS} warmup steps); "
-             "SFT val bpb is on its held-out conversations (the assistant tokens). Lower is better in both.", "",
-             "| lr | SFT epochs | steps | held-out bpb | cost vs base | SFT val bpb | wall s |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["lr"], r["epochs"] or 0)):
-        lines.append(f"| {r['lr']:g} | {r['epochs']:.2f} | {r['steps']} | {r['heldout_bpb']:.4f} | "
-                     f"{r['heldout_bpb'] - base_bpb:+.4f} | {r['sft_val_bpb']:.4f} | {r['wall_s']:.0f} |")
+             f"Each row fine-tunes the base through `vnmini sft --max-steps N` with the quickstart `{a.profile}` "
+             f"profile's context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token "
+             f"steps, {prof.schedule}, {WARMUP_STEPS} warmup steps) and scores it with `vnmini eval --context 256` "
+             f"on `{a.heldout}`. SFT val bpb is the assistant tokens of its held-out conversations (how well it "
+             "answers); epochs count the SFT rows, replay text included. Lower is better in both.", "",
+             "| base | SFT data | lr | steps | SFT epochs | held-out bpb | cost vs base | SFT val bpb | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows_all, key=lambda r: (r["base"], r["data"], r["lr"], r["steps"])):
+        lines.append(f"| `{r['base']}` ({r['base_heldout_bpb']:.4f}) | `{Path(r['data']).name}` | {r['lr']:g} | "
+                     f"{r['steps']} | {r['epochs']:.2f} | **{r['heldout_bpb']:.4f}** | "
+                     f"{r['heldout_bpb'] - r['base_heldout_bpb']:+.4f} | {r['sft_val_bpb']:.4f} | {r['wall_s']:.0f} |")
     a.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -198,6 +198,7 @@ def test_statute_builder_replay_mixes_in_the_articles(tmp_path, cli):
     answers = sum(len(m["content"]) for c in items if not isinstance(c, str) for m in c if m["role"] == "assistant")
     assert mixed["text_records"] == len(texts) > 0 and mixed["conversations"] == plain["conversations"]
     assert set(texts) <= set(ARTICLES[1:]) and sum(map(len, texts)) >= 0.3 * answers
+    assert [c for c in items if not isinstance(c, str)] == load_conversations(tmp_path / "plain.jsonl")  # same order
     code, _, err = cli("data", "sft-from-statutes", corpus, "--out", tmp_path / "bad.jsonl", "--replay", "-1")
     assert code == 2 and "--replay" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.jsonl").exists()
