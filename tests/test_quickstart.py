@@ -62,6 +62,8 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cli):
     # Chat SFT starts from the better of teacher and KD student on the validation split.
     best = min((stages["teacher"], kd), key=lambda r: r["eval_bpb"])
     assert stages["chat SFT"]["init_from"] == best["final"]
+    # ... on the statute Q&A with the articles mixed in as plain text (replay), as the report says.
+    assert stages["chat SFT"]["text_records"] > 0 and "as plain text (replay" in report
     # q8_0 is close to the torch model it came from.
     assert abs(bpbs["chat GGUF q8_0"] - bpbs["chat (torch fp32)"]) / bpbs["chat (torch fp32)"] < 0.02
     for png in ("bpb.png", "bench/bench.png", "teacher/loss.png"):

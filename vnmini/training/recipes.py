@@ -182,3 +182,10 @@ QUICKSTART_EPOCHS = 5.0
 # pure KD also skips the CE pass, so it takes 12% more steps in the same minutes), and from Gemma α 1.0 beat α 0.8
 # (6.8% against 3.6% better than scratch, benchmarks/results_distill_gemma*.md): more teacher, less memorized text.
 KD_ALPHA = 1.0
+# Chat SFT on the statute Q&A (benchmarks/results_sft_cost.md; from the hour teacher, held-out 0.810): lr 1e-3
+# (the recipe lr / 3) for 200 steps cost +0.026 held-out bpb with SFT val 0.364; lr 3e-4 (/ 10) +0.008 and 0.359,
+# better on both. Twice the steps at 3e-4 learn the answers better (0.346) but cost +0.022, unless the articles
+# themselves are mixed in as plain text (replay 1.0: as many prose characters as answer characters): +0.005 and
+# 0.344, the best of both. lr 1e-4 costs least (replay, 200 steps: -0.001) but answers worst (0.378).
+SFT_LR_SCALE = 0.1
+SFT_REPLAY = 1.0
