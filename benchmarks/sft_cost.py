@@ -58,10 +58,13 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     log = a.work / "sft_cost.log"
     jsonl = a.out.with_suffix(".jsonl")
-    rows = [json.loads(x) for x in jsonl.read_text(encoding="utf-8").splitlines() if x.strip()] \
-        if jsonl.is_file() and not a.force else []
-    others = [r for r in rows if (r["base"], r["data"]) != (str(a.base), str(a.data))]
-    rows = [r for r in rows if (r["base"], r["data"]) == (str(a.base), str(a.data))]
+
+    def results() -> dict[tuple[str, str, str], dict]:
+        """Every run in the results file, the last line of each (base, data, recipe) winning (--force appends)."""
+        lines = jsonl.read_text(encoding="utf-8").splitlines() if jsonl.is_file() else []
+        return {(r["base"], r["data"], r["recipe"]): r for r in map(json.loads, filter(str.strip, lines))}
+
+    rows = [] if a.force else [r for k, r in results().items() if k[:2] == (str(a.base), str(a.data))]
     done = {r["recipe"] for r in rows}
     from vnmini.quickstart import PROFILES, WARMUP_STEPS
 
@@ -92,9 +95,7 @@ def main() -> None:
         rows.append(r)
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    rows_all = others + rows
-    with jsonl.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_all)
+    rows_all = list(results().values())  # read again: another run of this script may have added rows meanwhile
     lines = ["# What chat SFT costs held-out prose (`benchmarks/sft_cost.py`)", "",
              f"Each row fine-tunes the base through `vnmini sft --max-steps N` with the quickstart `{a.profile}` "
              f"profile's context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token "
