@@ -50,6 +50,7 @@ VARIANTS = {
     # compute": with repeated data the best weight decay is several times the usual 0.1).
     "wd0.5-e5": dict(wd=0.5, epochs=5.0), "wd1-e5": dict(wd=1.0, epochs=5.0), "wd1-e8": dict(wd=1.0, epochs=8.0),
     "vocab8k-e5": dict(vocab=8192, epochs=5.0), "vocab2k-e5": dict(vocab=2048, epochs=5.0),
+    "decay0.4-e5": dict(decay=0.4, epochs=5.0), "lr1.5e-3-e5": dict(lr=1.5e-3, epochs=5.0),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
