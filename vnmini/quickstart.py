@@ -319,8 +319,7 @@ def quickstart(
         summary = sft(data=str(sft_file), init_from=base["final"], out=str(out / "chat"),
                       lr=lr_of(base["preset"]) * recipes.SFT_LR_SCALE, **prof.sft.kwargs(), **common)
         return {**summary, "conversations": built["conversations"], "text_records": built["text_records"],
-                "sft_data": str(sft_file),
-                "init_from": base["final"], "why": why}
+                "sft_data": str(sft_file), "init_from": base["final"], "why": why}
 
     chat = st.run("chat SFT", total, _sft, lambda r: [r["final"]])
     chat_ckpt = chat["final"]

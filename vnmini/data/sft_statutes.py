@@ -146,7 +146,7 @@ def build_statute_sft(
     random.Random(seed).shuffle(convs)
     if max_conversations:
         convs = convs[:max_conversations]
-    texts: list[dict[str, Any]] = []
+    prose: list[dict[str, Any]] = []
     if replay:
         want = replay * sum(len(m["content"]) for c in convs for m in c["messages"] if m["role"] == "assistant")
         rng = random.Random(seed + 1)
@@ -154,14 +154,14 @@ def build_statute_sft(
         for t in rng.sample(articles, len(articles)):
             if got >= want:
                 break
-            texts.append({"text": t})
+            prose.append({"text": t})
             got += len(t)
     # Spread the text lines among the conversations, keeping the conversations' order (so SFT holds out the same
     # ones with and without replay, and the validation bpb stays comparable).
-    slots = [True] * len(convs) + [False] * len(texts)
+    slots = [True] * len(convs) + [False] * len(prose)
     random.Random(seed + 2).shuffle(slots)
-    conv_it, text_it = iter(convs), iter(texts)
-    lines = [next(conv_it) if is_conv else next(text_it) for is_conv in slots]
+    conv_it, prose_it = iter(convs), iter(prose)
+    lines = [next(conv_it) if is_conv else next(prose_it) for is_conv in slots]
     with atomic_path(out) as tmp:
         tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in lines), encoding="utf-8")
     return {"out": str(out), "conversations": len(convs), "text_records": len(lines) - len(convs), "codes": per_code}

@@ -236,10 +236,10 @@ def _candidate(label: str, mcfg, tps: float, left: float, kind: str, fixed: dict
     save_every = fixed.get("save_every", recipes.every(rough, recipes.SAVES_PER_RUN, save_s, step_s,
                                                        recipes.SAVE_SHARE))
     steps = schedule.steps_that_fit(left - eval_s - save_s, step_s, eval_s, save_s, eval_every, save_every)
-    if cfg.max_steps is not None and "max_steps" in fixed:
-        steps = min(steps, cfg.max_steps)
-    if cfg.max_epochs is not None:  # the same bound the trainer derives (TrainConfig.with_epochs_cap)
-        steps = min(steps, recipes.steps_for_epochs(cfg.max_epochs, rows_per_epoch, batch // seq))
+    # The user's --max-steps/--max-epochs bound, derived as the trainer will (TrainConfig.with_epochs_cap).
+    bound = cfg.replace(seq_len=seq, global_batch_tokens=batch, max_steps=fixed.get("max_steps"))
+    if (cap := bound.with_epochs_cap(rows_per_epoch).max_steps) is not None:
+        steps = min(steps, cap)
     warmup = fixed.get("warmup_steps", recipes.warmup_for(steps))
     return Candidate(
         preset=label, params=params, seq_len=seq, micro_batch=micro, global_batch_tokens=batch,
