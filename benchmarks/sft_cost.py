@@ -64,8 +64,7 @@ def main() -> None:
         lines = jsonl.read_text(encoding="utf-8").splitlines() if jsonl.is_file() else []
         return {(r["base"], r["data"], r["recipe"]): r for r in map(json.loads, filter(str.strip, lines))}
 
-    rows = [] if a.force else [r for k, r in results().items() if k[:2] == (str(a.base), str(a.data))]
-    done = {r["recipe"] for r in rows}
+    done = set() if a.force else {k[2] for k in results() if k[:2] == (str(a.base), str(a.data))}
     from vnmini.quickstart import PROFILES, WARMUP_STEPS
 
     prof = PROFILES[a.profile]
@@ -86,16 +85,14 @@ def main() -> None:
         wall = time.perf_counter() - t0
         prov = json.loads((run / "final" / "vnmini.json").read_text(encoding="utf-8"))
         r = {"base": str(a.base), "data": str(a.data), "recipe": recipe, "lr": lr, "epochs": prov.get("epochs"),
-             "steps": prov["step"],
-             "sft_val_bpb": prov.get("eval_bpb"), "base_heldout_bpb": base_bpb,
+             "steps": prov["step"], "sft_val_bpb": prov.get("eval_bpb"), "base_heldout_bpb": base_bpb,
              "heldout_bpb": heldout_bpb(run / "final", a.heldout, log, a.threads), "wall_s": round(wall, 1),
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{recipe}: held-out {r['heldout_bpb']:.4f} (base {base_bpb:.4f}), SFT val {r['sft_val_bpb']:.4f}, "
               f"{r['steps']} steps, {wall:.0f} s")
-        rows.append(r)
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    rows_all = list(results().values())  # read again: another run of this script may have added rows meanwhile
+    rows_all = list(results().values())  # the whole file: every base and data file, and any concurrent run
     lines = ["# What chat SFT costs held-out prose (`benchmarks/sft_cost.py`)", "",
              f"Each row fine-tunes the base through `vnmini sft --max-steps N` with the quickstart `{a.profile}` "
              f"profile's context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token "
