@@ -51,6 +51,10 @@ VARIANTS = {
     "wd0.5-e5": dict(wd=0.5, epochs=5.0), "wd1-e5": dict(wd=1.0, epochs=5.0), "wd1-e8": dict(wd=1.0, epochs=8.0),
     "vocab8k-e5": dict(vocab=8192, epochs=5.0), "vocab2k-e5": dict(vocab=2048, epochs=5.0),
     "decay0.4-e5": dict(decay=0.4, epochs=5.0), "lr1.5e-3-e5": dict(lr=1.5e-3, epochs=5.0),
+    # Dropout (embeddings + residual branches, --dropout): the classic regularizer of repeated epochs (Xue et al.
+    # 2023, "To repeat or not to repeat"); if it holds the held-out curve up, the hour can spend more epochs.
+    "drop0.1-e5": dict(dropout=0.1, epochs=5.0), "drop0.1-e8": dict(dropout=0.1, epochs=8.0),
+    "drop0.2-e8": dict(dropout=0.2, epochs=8.0), "drop0.1-e12": dict(dropout=0.1, epochs=12.0),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
@@ -135,7 +139,7 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
          "--warmup-steps", str(v["warmup"]), "--schedule", "wsd", "--decay-fraction", str(v["decay"]),
-         "--weight-decay", str(v.get("wd", 0.1)),
+         "--weight-decay", str(v.get("wd", 0.1)), "--dropout", str(v.get("dropout", 0.0)),
          "--eval-every", str(v.get("eval_every", 50)), "--eval-tokens", str(v.get("eval_tokens", 16384)),
          "--save-every", "0", "--sample-tokens", "0", "--threads", str(threads), "--no-progress"],
         log, minutes * 60 * 1.5 + 300)
@@ -163,9 +167,9 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
              "`vnmini eval --context 256`. One change from the base recipe per row; lower is better. tok/s is the "
              "run's median training throughput: each run is one wall-clock budget, so a slower machine (another "
              "process, a noisy host) gives it fewer steps; compare steps as well as bpb.", "",
-             "| variant | preset | vocab | batch | lr | warmup | decay | wd | "
+             "| variant | preset | vocab | batch | lr | warmup | decay | wd | dropout | "
              + " | ".join(f"{m:g} min bpb (steps, epochs, tok/s)" for m in mins) + " |",
-             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
     for n in names:
         r0 = next(r for r in results if r["variant"] == n)
         cells = []
@@ -174,7 +178,8 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
             cells.append(f"**{r['heldout_bpb']:.3f}** ({r['steps']}, {r['epochs']:.2f}, {r['tokens_per_s'] or 0:,.0f})"
                          if r else "")
         lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0['batch']} | {r0['lr']:g} | {r0['warmup']} | "
-                     f"{r0['decay']} | {r0.get('wd', 0.1):g} | " + " | ".join(cells) + " |")
+                     f"{r0['decay']} | {r0.get('wd', 0.1):g} | {r0.get('dropout', 0.0):g} | "
+                     + " | ".join(cells) + " |")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     import matplotlib
 

@@ -61,6 +61,7 @@ def distill(
     warmup_steps: int = cfg_opt("warmup_steps"),
     schedule: str = cfg_opt("schedule"),
     weight_decay: float = cfg_opt("weight_decay"),
+    dropout: float = cfg_opt("dropout"),
     eval_every: int = cfg_opt("eval_every"),
     eval_tokens: int = cfg_opt("eval_tokens"),
     sample_tokens: int = cfg_opt("sample_tokens"),

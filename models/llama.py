@@ -169,10 +169,14 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
+        self.dropout = 0.0  # training-time only (LlamaForCausalLM.set_dropout); the exported graph never has it
 
     def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        if not (self.training and self.dropout):  # the path every export traces: no dropout op at all
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache), self.dropout)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout)
 
 
 class LlamaModel(nn.Module):
@@ -227,6 +231,7 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.dropout = 0.0
         self.reset_parameters()
 
     def reset_parameters(self, seed: int | None = None) -> None:
@@ -254,6 +259,18 @@ class LlamaForCausalLM(nn.Module):
                 m.kernels = backend
         return self
 
+    def set_dropout(self, p: float) -> LlamaForCausalLM:
+        """Dropout on the embeddings and on each residual branch's output, in training mode only.
+
+        A training knob (``--dropout``), not part of the architecture: eval mode, the
+        saved ``config.json`` and every export are unchanged. It regularizes runs that
+        repeat a small corpus for many epochs (GPT-2's embedding + residual dropout).
+        """
+        self.dropout = float(p)
+        for layer in self.model.layers:
+            layer.dropout = self.dropout
+        return self
+
     def new_cache(self, batch: int = 1, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = next(self.parameters())
         return KVCache(self.config, batch, max_len or self.config.max_position_embeddings, p.device, dtype or p.dtype)
@@ -277,6 +294,8 @@ class LlamaForCausalLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device)[None].expand(b, t)
         x = self.model.embed_tokens(input_ids)
+        if self.training and self.dropout:
+            x = F.dropout(x, self.dropout)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
         if mask is None:
             mask = build_mask(t, past, attention_mask, self.config.extra.get("sliding_window"), input_ids.device)

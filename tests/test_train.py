@@ -241,6 +241,44 @@ def test_config_toml_precedence_and_errors(tmp_path):
         TrainConfig(micro_batch=3, seq_len=100, global_batch_tokens=1000).grad_accum(2)
 
 
+def test_dropout_is_training_only_and_resume_stays_exact(reference, shards, init_ckpt, tmp_path, monkeypatch):
+    """--dropout perturbs training forwards only; eval/export forwards are the plain decoder; resume is exact."""
+    from vnmini.checkpoint import load_checkpoint
+    from vnmini.training.pretrain import train
+
+    model = load_checkpoint(init_ckpt).model.set_dropout(0.3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model.eval()(ids)
+        assert torch.equal(model.set_dropout(0.0).train()(ids), ref)  # p = 0 in training: the same ops
+        model.set_dropout(0.3)
+        a, b = model(ids), model(ids)
+        assert not torch.allclose(a, ref, atol=1e-3) and not torch.equal(a, b)  # training mode draws masks
+        assert torch.equal(model.eval()(ids), ref)
+
+    ref_out, _ = reference
+    full = tmp_path / "full"
+    train(**base(shards, init_ckpt, full, dropout=0.2))
+    assert losses(full) != losses(ref_out)  # the flag reaches the model
+    out = tmp_path / "run"
+    orig = Trainer._micro_batch
+
+    def boom(self, step, micro):
+        if step == 13:
+            raise KeyboardInterrupt
+        return orig(self, step, micro)
+
+    monkeypatch.setattr(Trainer, "_micro_batch", boom)
+    with pytest.raises(Interrupted):
+        train(**base(shards, init_ckpt, out, dropout=0.2))
+    monkeypatch.setattr(Trainer, "_micro_batch", orig)
+    train(**base(shards, init_ckpt, out, dropout=0.2, resume=True))
+    assert losses(out) == losses(full)  # the dropout masks come from the saved RNG state: bit-for-bit
+    same_weights(out / "final", full / "final")
+    assert json.loads((full / "final" / "config.json").read_text()) == \
+        json.loads((ref_out / "final" / "config.json").read_text())  # not part of the exported architecture
+
+
 def test_decay_groups_skip_norms_and_embeddings(tiny_config):
     from vnmini.models import LlamaForCausalLM
 
@@ -259,6 +297,8 @@ def test_cli_train_bad_input(cli, tmp_path, shards):
     assert code == 2 and "--preset" in err
     code, _, err = cli("train", "--data", shards, "--tokenizer", tmp_path, "--out", tmp_path / "r")
     assert code == 2 and "tokenizer.json" in err
+    code, _, err = cli("train", "--data", shards, "--dropout", "1.5", "--out", tmp_path / "r")
+    assert code == 2 and "--dropout" in err and "[0, 1)" in err and not (tmp_path / "r").exists()
 
 
 def test_flag_help_shows_the_trainconfig_defaults(cli, monkeypatch):

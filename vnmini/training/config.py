@@ -68,6 +68,8 @@ class TrainConfig:
     beta2: float = _f(0.95, "AdamW beta2.")
     eps: float = _f(1e-8, "AdamW epsilon.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm (0 = off).")
+    dropout: float = _f(0.0, "Dropout on the embeddings and residual branches while training (regularizes many "
+                             "epochs over a small corpus; exports and eval have none).")
     # ---- evaluation and samples
     eval_every: int = _f(100, "Evaluate (loss, bits per byte, a sample) every N steps (0 = only at the end).")
     eval_tokens: int = _f(65536, "Validation tokens per evaluation (split across processes).")
@@ -120,6 +122,8 @@ class TrainConfig:
             raise bad("kernels", f"{self.kernels!r} is unknown; choose one of {', '.join(KERNEL_CHOICES)}.")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise bad("dtype", f"{self.dtype!r} is unknown; choose auto, float32 or bfloat16.")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", f"must be in [0, 1) (got {self.dropout}).")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise bad("grad_clip" if self.grad_clip < 0 else "weight_decay", "must be >= 0.")
         if not 0 <= self.val_fraction < 1:

@@ -156,6 +156,11 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cuda)) else None
         model.gradient_checkpointing = cfg.grad_checkpointing
+        if hasattr(model, "set_dropout"):
+            model.set_dropout(cfg.dropout)
+        # The dropout masks come from torch's global RNG: seed it per rank (the saved RNG state takes over on resume),
+        # so a run is a function of --seed, and ranks draw different masks.
+        torch.manual_seed(cfg.seed + 7919 * self.env.rank)
         model.to(self.device)
         self.module = dist.wrap(module or model, model, self.env, fsdp=cfg.fsdp, amp_dtype=self.amp_dtype)
         self._ddp = self.module if isinstance(self.module, nn.parallel.DistributedDataParallel) else None
