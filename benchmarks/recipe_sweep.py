@@ -75,7 +75,9 @@ def run(cmd: list[str], log: Path, timeout: float) -> str:
 
 
 def corpus_dir(arg: str | None, work: Path, log: Path) -> Path:
-    for c in [Path(arg)] if arg else [Path("runs/quickstart/corpus"), Path("/tmp/vnmini_bench/corpus")]:
+    # work/corpus: the one an earlier sweep fetched (a rerun must not fetch over it).
+    known = [Path("runs/quickstart/corpus"), Path("/tmp/vnmini_bench/corpus"), work / "corpus"]
+    for c in [Path(arg)] if arg else known:
         if (c / "train").is_dir() and (c / "heldout").is_dir():
             return c
     out = work / "corpus"
