@@ -271,6 +271,7 @@ def test_the_repetition_note_grows_with_the_epochs():
     mild, severe = repetition_note(MAX_EPOCHS + 1, 561_000), repetition_note(2 * MAX_EPOCHS + 1, 561_000)
     assert f"{MAX_EPOCHS + 1:.1f} epochs over 561,000 training tokens" in mild and "memorizes" not in mild
     assert "memorizes" in severe and all("--preset" in n and "add text" in n for n in (mild, severe))
+    assert "--dropout 0.1 --max-epochs 8" in mild  # the measured way to spend more epochs (recipes.py)
 
 
 def test_bad_budget_values_are_one_line(cli, corpus, tmp_path):

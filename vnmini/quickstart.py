@@ -46,6 +46,7 @@ class Budget:
     minutes: float | None = None
     steps: int | None = None
     epochs: float | None = None  # with minutes: also stop after this many epochs of the training split
+    dropout: float = 0.0  # --dropout: what lets a stage that repeats the corpus many times keep generalizing
 
     def kwargs(self) -> dict[str, Any]:
         """Trainer keywords of this budget."""
@@ -59,6 +60,8 @@ class Budget:
             # The time plan lays its decay out over min(this cap, what the minutes buy): a fast machine ends
             # early at the epochs that generalize best instead of memorizing the corpus (recipes.QUICKSTART_EPOCHS).
             kw["max_epochs"] = self.epochs
+        if self.dropout:
+            kw["dropout"] = self.dropout
         return kw
 
 
@@ -96,10 +99,12 @@ WARMUP_STEPS = recipes.WARMUP_MIN
 
 
 def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[float, float, float],
-           fixed_minutes: float, vocab: int, epochs: float | None = None) -> Profile:
+           fixed_minutes: float, vocab: int, epochs: float | None = None,
+           teacher_epochs: float | None = None, teacher_dropout: float = 0.0) -> Profile:
     """A profile whose training stages split ``minutes - fixed_minutes`` by ``shares`` (teacher, student, SFT).
 
-    ``epochs`` caps the teacher and the students (not the SFT): the minutes are then an upper bound.
+    ``epochs`` caps the teacher and the students (not the SFT): the minutes are then an upper bound;
+    ``teacher_epochs`` (with ``teacher_dropout``) gives the teacher its own cap.
     """
     assert abs(shares[0] + 2 * shares[1] + shares[2] - 1) < 1e-9  # the student share is spent twice (KD, control)
     train_min = minutes - fixed_minutes
@@ -107,8 +112,10 @@ def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[
     return Profile(name, minutes, vocab_size=vocab, seq_len=recipes.RULES["cpu"].seq_len,
                    global_batch_tokens=recipes.RULES["cpu"].min_batch_tokens,
                    micro_batch=recipes.RULES["cpu"].micro_batch,
-                   teacher_preset=teacher, teacher=Budget(minutes=t, epochs=epochs), student_preset=student,
-                   student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f), sft_conversations=4000, cache_k=32,
+                   teacher_preset=teacher,
+                   teacher=Budget(minutes=t, epochs=teacher_epochs or epochs, dropout=teacher_dropout),
+                   student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f),
+                   sft_conversations=4000, cache_k=32,
                    kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3)
 
 
@@ -120,15 +127,17 @@ PROFILES = {
     # scratch control now get a short share each; chat SFT (statute Q&A, also more statute text) the rest.
     "full": _timed("full", 10, "tiny", "micro", (0.65, 0.10, 0.15), fixed_minutes=2.3,
                    vocab=recipes.QUICKSTART_VOCAB),
-    # The laptop hour: a `tiny` teacher trained to the epochs that generalize best (QUICKSTART_EPOCHS), `micro`
-    # students far behind it (short, as in the 10-minute profile, where KD beat its control) and the 10-minute
-    # profile's chat SFT, twice as long (with replay that learns the answers better at no held-out cost:
-    # recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle cores the run ends after ~17 minutes,
-    # once the corpus is used up. Measured on the held-out code: a `mini` teacher given 36 minutes (3.5 epochs)
-    # scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs); a `tiny` given 33 minutes (21 epochs)
-    # 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch teacher's 0.810 to 1.152 (recipes.py).
+    # The laptop hour: a `tiny` teacher with dropout, trained to the epochs that generalize best with it
+    # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), `micro` students far behind it (short, as in the 10-minute
+    # profile, where KD beat its control) and the 10-minute profile's chat SFT, twice as long (with replay that
+    # learns the answers better at no held-out cost: recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle
+    # cores the run ends after ~25 minutes, once the corpus is used up. Measured on the held-out code: a `mini`
+    # teacher given 36 minutes (3.5 epochs) scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs);
+    # a `tiny` given 33 minutes (21 epochs) 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch
+    # teacher's 0.810 to 1.152 (recipes.py).
     "hour": _timed("hour", 60, "tiny", "micro", (0.87, 0.04, 0.05), fixed_minutes=5.0,
-                   vocab=recipes.QUICKSTART_VOCAB, epochs=recipes.QUICKSTART_EPOCHS),
+                   vocab=recipes.QUICKSTART_VOCAB, epochs=recipes.QUICKSTART_EPOCHS,
+                   teacher_epochs=recipes.QUICKSTART_TEACHER_EPOCHS, teacher_dropout=recipes.QUICKSTART_DROPOUT),
     # The test suite's profile: every stage runs, on toy sizes and step counts.
     "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
                     teacher_preset="micro", teacher=Budget(steps=12), student_preset="micro",

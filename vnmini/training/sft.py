@@ -45,7 +45,6 @@ from vnmini.training.config import SFT_DEFAULTS, TrainConfig
 from vnmini.training.trainer import Trainer
 
 ROLES = ("system", "user", "assistant")
-# SFT starts from a trained model: gentler and shorter than pretraining (file/flags still win).
 Conversation = list[dict[str, str]]
 Item = Conversation | str  # a conversation, or a plain-text (replay) record
 
@@ -237,6 +236,7 @@ def sft(config: TrainConfig | str | Path | None = None, **overrides: Any) -> dic
     from vnmini.checkpoint import load_checkpoint
     from vnmini.training.pretrain import build_config
 
+    # SFT starts from a trained model: gentler and shorter than pretraining (file/flags still win).
     cfg = build_config(config, overrides, base=SFT_DEFAULTS)
     if not cfg.data:
         raise VnminiError("--data: give a messages JSONL (e.g. from `vnmini data sft-from-statutes`).")
