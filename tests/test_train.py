@@ -110,19 +110,25 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
+def interrupt_at(monkeypatch, at_step: int):
+    """Make the trainer see Ctrl-C when it fetches step ``at_step``'s batch; returns the real method to restore."""
+    orig = Trainer._micro_batch
+
+    def boom(self, step, micro):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return orig(self, step, micro)
+
+    monkeypatch.setattr(Trainer, "_micro_batch", boom)
+    return orig
+
+
 def test_resume_after_interrupt_is_exact(reference, shards, init_ckpt, tmp_path, monkeypatch):
     from vnmini.training.pretrain import train
 
     ref_out, _ = reference
     out = tmp_path / "run"
-    orig = Trainer._micro_batch
-
-    def boom(self, step, micro):
-        if step == 13:
-            raise KeyboardInterrupt
-        return orig(self, step, micro)
-
-    monkeypatch.setattr(Trainer, "_micro_batch", boom)
+    orig = interrupt_at(monkeypatch, 13)
     with pytest.raises(Interrupted, match="saved .*step_000013.*--resume"):  # Ctrl-C saves the last whole step
         train(**base(shards, init_ckpt, out))
     monkeypatch.setattr(Trainer, "_micro_batch", orig)
@@ -261,14 +267,7 @@ def test_dropout_is_training_only_and_resume_stays_exact(reference, shards, init
     train(**base(shards, init_ckpt, full, dropout=0.2))
     assert losses(full) != losses(ref_out)  # the flag reaches the model
     out = tmp_path / "run"
-    orig = Trainer._micro_batch
-
-    def boom(self, step, micro):
-        if step == 13:
-            raise KeyboardInterrupt
-        return orig(self, step, micro)
-
-    monkeypatch.setattr(Trainer, "_micro_batch", boom)
+    orig = interrupt_at(monkeypatch, 13)
     with pytest.raises(Interrupted):
         train(**base(shards, init_ckpt, out, dropout=0.2))
     monkeypatch.setattr(Trainer, "_micro_batch", orig)
