@@ -90,5 +90,8 @@ def test_an_epochs_cap_bounds_a_timed_stage():
     assert Budget(minutes=30, epochs=8, dropout=0.1).kwargs()["dropout"] == 0.1
     assert "dropout" not in Budget(minutes=30).kwargs()
     hour = PROFILES["hour"]  # the laptop hour stops its teacher and students at the epochs that generalize
-    assert hour.teacher.epochs is not None and hour.student.epochs is not None
+    from vnmini.training import recipes as r
+
+    assert (hour.teacher.epochs, hour.teacher.dropout) == (r.QUICKSTART_TEACHER_EPOCHS, r.QUICKSTART_DROPOUT)
+    assert (hour.student.epochs, hour.student.dropout) == (r.QUICKSTART_EPOCHS, 0.0)  # short stages: no repeats
     assert hour.sft.epochs is None
