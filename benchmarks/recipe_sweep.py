@@ -55,6 +55,12 @@ VARIANTS = {
     # 2023, "To repeat or not to repeat"); if it holds the held-out curve up, the hour can spend more epochs.
     "drop0.1-e5": dict(dropout=0.1, epochs=5.0), "drop0.1-e8": dict(dropout=0.1, epochs=8.0),
     "drop0.2-e8": dict(dropout=0.2, epochs=8.0), "drop0.1-e12": dict(dropout=0.1, epochs=12.0),
+    # Self-distillation ("born-again"; Kim et al. 2025 find it pays when data, not compute, is the limit): a student
+    # of the teacher's own shape and recipe, trained on the teacher's top-32 cache of the training split (pure KD,
+    # recipes.KD_ALPHA) instead of the one-hot next token. Its control is the teacher itself: the same shape, data,
+    # recipe and epochs without a teacher. The teacher is the kd_from variant's run in --work (run it first, or
+    # link a run of the same recipe there, e.g. the hour quickstart's teacher/).
+    "selfkd-drop0.1-e8": dict(dropout=0.1, epochs=8.0, kd_from="drop0.1-e8"),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
 
@@ -137,7 +143,10 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
     t0 = time.perf_counter()
     micro = max(1, min(8, v["batch"] // 256))  # 256-token rows; small batches need smaller forwards
     cap = ["--max-epochs", str(v["epochs"])] if v.get("epochs") else []
-    run(["train", "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
+    verb, teacher = ["train"], {}
+    if v.get("kd_from"):
+        verb, teacher = self_kd_cache(v["kd_from"], minutes, shards, heldout, work, log, threads)
+    run([*verb, "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
          "--warmup-steps", str(v["warmup"]), "--schedule", "wsd", "--decay-fraction", str(v["decay"]),
@@ -157,7 +166,32 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
             "val_bpb": prov.get("eval_bpb"), "steps": prov["step"], "tokens": prov["tokens_seen"],
             "epochs": prov.get("epochs"), "params": prov.get("num_parameters"),
             "tokens_per_s": sorted(tps)[len(tps) // 2] if tps else None, "wall_s": round(wall, 1),
-            "val_curve": curve, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "val_curve": curve, **teacher, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def self_kd_cache(kd_from: str, minutes: float, shards: Path, heldout: Path, work: Path, log: Path,
+                  threads: int) -> tuple[list[str], dict]:
+    """Cache the ``kd_from`` run's top-32 over ``shards``; return the distill verb and the teacher's own record.
+
+    The teacher's held-out bpb is measured here, on the same text, so the row carries its control.
+    """
+    src = work / "runs" / f"{kd_from}-{minutes:g}m" / "final"
+    if not (src / "vnmini.json").is_file():
+        raise SystemExit(f"self-distillation needs its teacher {src}: run --variants {kd_from} first (same "
+                         "--minutes and --work), or link a run of that recipe there")
+    cache = work / f"cache-{kd_from}-{minutes:g}m"
+    t0 = time.perf_counter()
+    run(["teacher", "cache", "--teacher", str(src), "--data", str(shards), "--out", str(cache), "--top-k", "32",
+         "--seq-len", "256", "--no-progress", "--force"], log, 3600)
+    cache_s = time.perf_counter() - t0
+    ev = json.loads(run(["eval", str(src), "--text", str(heldout), "--context", "256", "--json",
+                         "--threads", str(threads)], log, 1800).strip().splitlines()[-1])
+    prov = json.loads((src / "vnmini.json").read_text(encoding="utf-8"))
+    from vnmini.training import recipes
+
+    return (["distill", "--teacher-cache", str(cache), "--alpha", str(recipes.KD_ALPHA)],
+            {"teacher": str(src), "teacher_heldout_bpb": ev["bpb"], "teacher_val_bpb": prov.get("eval_bpb"),
+             "teacher_steps": prov.get("step"), "cache_s": round(cache_s, 1)})
 
 
 def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:

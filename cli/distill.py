@@ -60,6 +60,8 @@ def distill(
     lr: float = cfg_opt("lr"),
     warmup_steps: int = cfg_opt("warmup_steps"),
     schedule: str = cfg_opt("schedule"),
+    decay_fraction: float = cfg_opt("decay_fraction"),
+    min_lr_ratio: float = cfg_opt("min_lr_ratio"),
     weight_decay: float = cfg_opt("weight_decay"),
     dropout: float = cfg_opt("dropout"),
     eval_every: int = cfg_opt("eval_every"),

@@ -112,6 +112,8 @@ def sft(
     lr: float = cfg_opt("lr", base=SFT_DEFAULTS),
     warmup_steps: int = cfg_opt("warmup_steps", base=SFT_DEFAULTS),
     schedule: str = cfg_opt("schedule", base=SFT_DEFAULTS),
+    decay_fraction: float = cfg_opt("decay_fraction", base=SFT_DEFAULTS),
+    min_lr_ratio: float = cfg_opt("min_lr_ratio", base=SFT_DEFAULTS),
     weight_decay: float = cfg_opt("weight_decay", base=SFT_DEFAULTS),
     dropout: float = cfg_opt("dropout", base=SFT_DEFAULTS),
     val_fraction: float = cfg_opt("val_fraction", base=SFT_DEFAULTS),
