@@ -298,6 +298,10 @@ def test_cli_train_bad_input(cli, tmp_path, shards):
     assert code == 2 and "tokenizer.json" in err
     code, _, err = cli("train", "--data", shards, "--dropout", "1.5", "--out", tmp_path / "r")
     assert code == 2 and "--dropout" in err and "[0, 1)" in err and not (tmp_path / "r").exists()
+    # The schedule's shape is a flag of every training verb, validated the same way.
+    for verb in ("train", "distill", "sft"):
+        code, _, err = cli(verb, "--data", shards, "--decay-fraction", "0", "--out", tmp_path / "r")
+        assert code == 2 and "--decay-fraction" in err and "(0, 1]" in err and not (tmp_path / "r").exists(), verb
 
 
 def test_flag_help_shows_the_trainconfig_defaults(cli, monkeypatch):
