@@ -216,6 +216,12 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
         lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0['batch']} | {r0['lr']:g} | {r0['warmup']} | "
                      f"{r0['decay']} | {r0.get('wd', 0.1):g} | {r0.get('dropout', 0.0):g} | "
                      + " | ".join(cells) + " |")
+    for r in results:
+        if r.get("kd_from"):  # a distilled row's control: its teacher, scored on the same text by the same run
+            lines.append(f"\n{r['variant']} @ {r['minutes']:g} min: its teacher `{r['teacher']}` ({r['kd_from']}, "
+                         f"{r['teacher_steps']} steps) scores **{r['teacher_heldout_bpb']:.3f}** held-out, "
+                         f"{r['teacher_val_bpb']:.3f} validation; the student {r['heldout_bpb']:.3f} and "
+                         f"{r['val_bpb']:.3f} (top-32 cache: {r['cache_s']:.0f} s).")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     import matplotlib
 

@@ -181,6 +181,9 @@ QUICKSTART_EPOCHS = 5.0
 # measured (benchmarks/results_dropout.md, same held-out text, one run on one host): dropout 0.1 on the embeddings
 # and residual branches (--dropout) lets tiny use 8 epochs: 0.805 held-out (val 0.551), where 5 epochs without it
 # scored 0.811 (val 0.562) and 7.5 without it 0.853. The hour's teacher takes this; the short stages don't repeat.
+# End to end (the hour quickstart, another host): that teacher 0.800, its chat q4_0 0.809. A same-recipe tiny
+# student self-distilled from its top-32 cache (benchmarks/results_selfkd.md) scored 0.811: worse, so the
+# hour keeps micro students.
 QUICKSTART_TEACHER_EPOCHS = 8.0
 QUICKSTART_DROPOUT = 0.1
 # measured (benchmarks/results_distill.md, micro from a far-ahead tiny teacher, 60 steps): α 0.9 beat scratch by
