@@ -299,8 +299,10 @@ def test_cli_train_bad_input(cli, tmp_path, shards):
     code, _, err = cli("train", "--data", shards, "--dropout", "1.5", "--out", tmp_path / "r")
     assert code == 2 and "--dropout" in err and "[0, 1)" in err and not (tmp_path / "r").exists()
     # The schedule's shape is a flag of every training verb, validated the same way.
-    for verb in ("train", "distill", "sft"):
-        code, _, err = cli(verb, "--data", shards, "--decay-fraction", "0", "--out", tmp_path / "r")
+    teacher_text = tmp_path / "teacher.jsonl"
+    teacher_text.write_text('{"text": "Điều 1. Phạm vi điều chỉnh"}\n', encoding="utf-8")
+    for verb, extra in (("train", []), ("distill", ["--teacher-text", teacher_text]), ("sft", [])):
+        code, _, err = cli(verb, "--data", shards, *extra, "--decay-fraction", "0", "--out", tmp_path / "r")
         assert code == 2 and "--decay-fraction" in err and "(0, 1]" in err and not (tmp_path / "r").exists(), verb
 
 
