@@ -55,11 +55,11 @@ VARIANTS = {
     # 2023, "To repeat or not to repeat"); if it holds the held-out curve up, the hour can spend more epochs.
     "drop0.1-e5": dict(dropout=0.1, epochs=5.0), "drop0.1-e8": dict(dropout=0.1, epochs=8.0),
     "drop0.2-e8": dict(dropout=0.2, epochs=8.0), "drop0.1-e12": dict(dropout=0.1, epochs=12.0),
-    # Self-distillation ("born-again"; Kim et al. 2025 find it pays when data, not compute, is the limit): a student
-    # of the teacher's own shape and recipe, trained on the teacher's top-32 cache of the training split (pure KD,
-    # recipes.KD_ALPHA) instead of the one-hot next token. Its control is the teacher itself: the same shape, data,
-    # recipe and epochs without a teacher. The teacher is the kd_from variant's run in --work (run it first, or
-    # link a run of the same recipe there, e.g. the hour quickstart's teacher/).
+    # Self-distillation ("born-again"; Kim et al. 2025 report distillation gains when data, not compute, is the
+    # limit): a student of the teacher's own shape and recipe, trained on the teacher's top-32 cache of the training
+    # split (pure KD, recipes.KD_ALPHA) instead of the one-hot next token. Its control is the teacher itself: the same
+    # shape, data, recipe and epochs without a teacher. The teacher is the kd_from variant's run in --work (run it
+    # first, or link a run of the same recipe there, e.g. the hour quickstart's teacher/).
     "selfkd-drop0.1-e8": dict(dropout=0.1, epochs=8.0, kd_from="drop0.1-e8"),
 }
 SMOKE_VOCAB = {16384: 1024, 8192: 768, 4096: 512, 2048: 384}  # toy sizes a 150 KB slice can fill
@@ -78,6 +78,13 @@ def run(cmd: list[str], log: Path, timeout: float) -> str:
     if p.returncode != 0:
         raise SystemExit(f"vnmini {' '.join(cmd[:2])} failed (rc {p.returncode}); see {log}:\n{p.stderr[-800:]}")
     return p.stdout
+
+
+def heldout_eval(model: Path, text: Path, log: Path, threads: int) -> dict:
+    """``vnmini eval --context 256 --json`` of one model on the held-out text: its record (bpb, tokens, ...)."""
+    out = run(["eval", str(model), "--text", str(text), "--context", "256", "--json", "--threads", str(threads)],
+              log, 1800)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def corpus_dir(arg: str | None, work: Path, log: Path) -> Path:
@@ -155,8 +162,7 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
          "--save-every", "0", "--sample-tokens", "0", "--threads", str(threads), "--no-progress"],
         log, minutes * 60 * 1.5 + 300)
     wall = time.perf_counter() - t0
-    ev = json.loads(run(["eval", str(out / "final"), "--text", str(heldout), "--context", "256", "--json",
-                         "--threads", str(threads)], log, 1800).strip().splitlines()[-1])
+    ev = heldout_eval(out / "final", heldout, log, threads)
     prov = json.loads((out / "final" / "vnmini.json").read_text(encoding="utf-8"))
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     elapsed = {r["step"]: r["elapsed_s"] for r in recs if "elapsed_s" in r}
@@ -184,8 +190,7 @@ def self_kd_cache(kd_from: str, minutes: float, shards: Path, heldout: Path, wor
     run(["teacher", "cache", "--teacher", str(src), "--data", str(shards), "--out", str(cache), "--top-k", "32",
          "--seq-len", "256", "--no-progress", "--force"], log, 3600)
     cache_s = time.perf_counter() - t0
-    ev = json.loads(run(["eval", str(src), "--text", str(heldout), "--context", "256", "--json",
-                         "--threads", str(threads)], log, 1800).strip().splitlines()[-1])
+    ev = heldout_eval(src, heldout, log, threads)
     prov = json.loads((src / "vnmini.json").read_text(encoding="utf-8"))
     from vnmini.training import recipes
 

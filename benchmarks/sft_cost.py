@@ -29,15 +29,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from recipe_sweep import heldout_eval  # noqa: E402  (one scorer of held-out text for the benchmarks)
 from recipe_sweep import run as vnmini  # noqa: E402  (one runner of CLI subprocesses for the benchmarks)
 
 DEFAULT_RECIPES = "1e-3:200,3e-4:200,1e-3:100,1e-4:200"
 
 
 def heldout_bpb(model: Path, text: Path, log: Path, threads: int) -> float:
-    out = vnmini(["eval", str(model), "--text", str(text), "--context", "256", "--json", "--threads", str(threads)],
-                 log, 1800)
-    return float(json.loads(out.strip().splitlines()[-1])["bpb"])
+    return float(heldout_eval(model, text, log, threads)["bpb"])
 
 
 def main() -> None:
