@@ -147,12 +147,12 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
         import shutil
 
         shutil.rmtree(out)  # a half run from an interrupted sweep: start it again (it is one budget)
+    verb, teacher = ["train"], {}
+    if v.get("kd_from"):  # the teacher's cache and score are its own cost (cache_s), not the student's wall time
+        verb, teacher = self_kd_cache(v["kd_from"], minutes, shards, heldout, work, log, threads)
     t0 = time.perf_counter()
     micro = max(1, min(8, v["batch"] // 256))  # 256-token rows; small batches need smaller forwards
     cap = ["--max-epochs", str(v["epochs"])] if v.get("epochs") else []
-    verb, teacher = ["train"], {}
-    if v.get("kd_from"):
-        verb, teacher = self_kd_cache(v["kd_from"], minutes, shards, heldout, work, log, threads)
     run([*verb, "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,
          "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
