@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BASE = dict(preset="tiny", vocab=4096, batch=2048, lr=3e-3, warmup=20, decay=0.2, wd=0.1)
+BASE = dict(preset="tiny", vocab=4096, batch=2048, lr=3e-3, warmup=20, decay=0.2, wd=0.1, seq=256)
 VARIANTS = {
     "base": {},
     "batch1024": dict(batch=1024), "batch4096": dict(batch=4096), "batch8192": dict(batch=8192),
@@ -55,6 +55,10 @@ VARIANTS = {
     # 2023, "To repeat or not to repeat"); if it holds the held-out curve up, the hour can spend more epochs.
     "drop0.1-e5": dict(dropout=0.1, epochs=5.0), "drop0.1-e8": dict(dropout=0.1, epochs=8.0),
     "drop0.2-e8": dict(dropout=0.2, epochs=8.0), "drop0.1-e12": dict(dropout=0.1, epochs=12.0),
+    "drop0.2-e12": dict(dropout=0.2, epochs=12.0), "drop0.3-e12": dict(dropout=0.3, epochs=12.0),
+    # Context: trained on 512-token rows and scored with 512-token windows (every held-out token then has 256-511
+    # tokens before it instead of 128-255); a statute's articles refer back to their own clauses.
+    "seq512-drop0.1-e8": dict(seq=512, dropout=0.1, epochs=8.0),
     # Self-distillation ("born-again"; Kim et al. 2025 report distillation gains when data, not compute, is the
     # limit): a student of the teacher's own shape and recipe, trained on the teacher's top-32 cache of the training
     # split (pure KD, recipes.KD_ALPHA) instead of the one-hot next token. Its control is the teacher itself: the same
@@ -80,9 +84,13 @@ def run(cmd: list[str], log: Path, timeout: float) -> str:
     return p.stdout
 
 
-def heldout_eval(model: Path, text: Path, log: Path, threads: int) -> dict:
-    """``vnmini eval --context 256 --json`` of one model on the held-out text: its record (bpb, tokens, ...)."""
-    out = run(["eval", str(model), "--text", str(text), "--context", "256", "--json", "--threads", str(threads)],
+def heldout_eval(model: Path, text: Path, log: Path, threads: int, context: int = 256) -> dict:
+    """``vnmini eval --context C --json`` of one model on the held-out text: its record (bpb, tokens, ...).
+
+    ``context``: the window, the model's training context (256 unless a variant trains longer rows).
+    """
+    out = run(["eval", str(model), "--text", str(text), "--context", str(context), "--json", "--threads",
+               str(threads)],
               log, 1800)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -151,18 +159,19 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
     if v.get("kd_from"):  # the teacher's cache and score are its own cost (cache_s), not the student's wall time
         verb, teacher = self_kd_cache(v["kd_from"], minutes, shards, heldout, work, log, threads)
     t0 = time.perf_counter()
-    micro = max(1, min(8, v["batch"] // 256))  # 256-token rows; small batches need smaller forwards
+    micro = max(1, min(8, v["batch"] // v["seq"]))  # rows of seq tokens; small batches need smaller forwards
     cap = ["--max-epochs", str(v["epochs"])] if v.get("epochs") else []
     run([*verb, "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,
-         "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro), "--lr", str(v["lr"]),
+         "--seq-len", str(v["seq"]), "--global-batch-tokens", str(v["batch"]), "--micro-batch", str(micro),
+         "--lr", str(v["lr"]),
          "--warmup-steps", str(v["warmup"]), "--schedule", "wsd", "--decay-fraction", str(v["decay"]),
          "--weight-decay", str(v.get("wd", 0.1)), "--dropout", str(v.get("dropout", 0.0)),
          "--eval-every", str(v.get("eval_every", 50)), "--eval-tokens", str(v.get("eval_tokens", 16384)),
          "--save-every", "0", "--sample-tokens", "0", "--threads", str(threads), "--no-progress"],
         log, minutes * 60 * 1.5 + 300)
     wall = time.perf_counter() - t0
-    ev = heldout_eval(out / "final", heldout, log, threads)
+    ev = heldout_eval(out / "final", heldout, log, threads, context=v["seq"])
     prov = json.loads((out / "final" / "vnmini.json").read_text(encoding="utf-8"))
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     elapsed = {r["step"]: r["elapsed_s"] for r in recs if "elapsed_s" in r}
@@ -205,12 +214,13 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
     by = {(r["variant"], r["minutes"]): r for r in results}
     lines = [f"# Recipe sweep: held-out bpb at fixed wall-time budgets (`{Path(sys.argv[0]).name}`)", "",
              f"Held-out text: the first {heldout.stat().st_size:,} bytes of the held-out code, scored by "
-             "`vnmini eval --context 256`. One change from the base recipe per row; lower is better. tok/s is the "
-             "run's median training throughput: each run is one wall-clock budget, so a slower machine (another "
+             "`vnmini eval --context C` (C = the run's training context, ctx). One change from the base recipe "
+             "per row; lower is better. tok/s is the run's median training throughput: each run is one wall-clock "
+             "budget, so a slower machine (another "
              "process, a noisy host) gives it fewer steps; compare steps as well as bpb.", "",
-             "| variant | preset | vocab | batch | lr | warmup | decay | wd | dropout | "
+             "| variant | preset | vocab | ctx | batch | lr | warmup | decay | wd | dropout | "
              + " | ".join(f"{m:g} min bpb (steps, epochs, tok/s)" for m in mins) + " |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]
     for n in names:
         r0 = next(r for r in results if r["variant"] == n)
         cells = []
@@ -218,7 +228,8 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
             r = by.get((n, m))
             cells.append(f"**{r['heldout_bpb']:.3f}** ({r['steps']}, {r['epochs']:.2f}, {r['tokens_per_s'] or 0:,.0f})"
                          if r else "")
-        lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0['batch']} | {r0['lr']:g} | {r0['warmup']} | "
+        lines.append(f"| {n} | {r0['preset']} | {r0['vocab']} | {r0.get('seq', 256)} | {r0['batch']} | "
+                     f"{r0['lr']:g} | {r0['warmup']} | "
                      f"{r0['decay']} | {r0.get('wd', 0.1):g} | {r0.get('dropout', 0.0):g} | "
                      + " | ".join(cells) + " |")
     for r in results:

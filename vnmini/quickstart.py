@@ -100,18 +100,20 @@ WARMUP_STEPS = recipes.WARMUP_MIN
 
 def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[float, float, float],
            fixed_minutes: float, vocab: int, epochs: float | None = None,
-           teacher_epochs: float | None = None, teacher_dropout: float = 0.0) -> Profile:
+           teacher_epochs: float | None = None, teacher_dropout: float = 0.0,
+           seq_len: int = recipes.RULES["cpu"].seq_len) -> Profile:
     """A profile whose training stages split ``minutes - fixed_minutes`` by ``shares`` (teacher, student, SFT).
 
     ``epochs`` caps the teacher and the students (not the SFT): the minutes are then an upper bound;
-    ``teacher_epochs`` (with ``teacher_dropout``) gives the teacher its own cap.
+    ``teacher_epochs`` (with ``teacher_dropout``) gives the teacher its own cap. ``seq_len`` is every stage's
+    row length and the held-out eval's window; the batch keeps its tokens (fewer, longer rows).
     """
     assert abs(shares[0] + 2 * shares[1] + shares[2] - 1) < 1e-9  # the student share is spent twice (KD, control)
     train_min = minutes - fixed_minutes
     t, s, f = (round(train_min * x, 2) for x in shares)
-    return Profile(name, minutes, vocab_size=vocab, seq_len=recipes.RULES["cpu"].seq_len,
-                   global_batch_tokens=recipes.RULES["cpu"].min_batch_tokens,
-                   micro_batch=recipes.RULES["cpu"].micro_batch,
+    batch_tokens = recipes.RULES["cpu"].min_batch_tokens
+    return Profile(name, minutes, vocab_size=vocab, seq_len=seq_len, global_batch_tokens=batch_tokens,
+                   micro_batch=max(1, min(recipes.RULES["cpu"].micro_batch, batch_tokens // seq_len)),
                    teacher_preset=teacher,
                    teacher=Budget(minutes=t, epochs=teacher_epochs or epochs, dropout=teacher_dropout),
                    student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f),
@@ -128,16 +130,18 @@ PROFILES = {
     "full": _timed("full", 10, "tiny", "micro", (0.65, 0.10, 0.15), fixed_minutes=2.3,
                    vocab=recipes.QUICKSTART_VOCAB),
     # The laptop hour: a `tiny` teacher with dropout, trained to the epochs that generalize best with it
-    # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), `micro` students far behind it (short, as in the 10-minute
-    # profile, where KD beat its control) and the 10-minute profile's chat SFT, twice as long (with replay that
-    # learns the answers better at no held-out cost: recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle
+    # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), every stage on 512-token rows (QUICKSTART_HOUR_SEQ_LEN),
+    # `micro` students far behind it (short, as in the 10-minute profile, where KD beat its control) and the
+    # 10-minute profile's chat SFT, twice as long (with replay that learns the answers better at no held-out cost:
+    # recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle
     # cores the run ends after ~25 minutes, once the corpus is used up. Measured on the held-out code: a `mini`
     # teacher given 36 minutes (3.5 epochs) scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs);
     # a `tiny` given 33 minutes (21 epochs) 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch
     # teacher's 0.810 to 1.152 (recipes.py).
     "hour": _timed("hour", 60, "tiny", "micro", (0.87, 0.04, 0.05), fixed_minutes=5.0,
                    vocab=recipes.QUICKSTART_VOCAB, epochs=recipes.QUICKSTART_EPOCHS,
-                   teacher_epochs=recipes.QUICKSTART_TEACHER_EPOCHS, teacher_dropout=recipes.QUICKSTART_DROPOUT),
+                   teacher_epochs=recipes.QUICKSTART_TEACHER_EPOCHS, teacher_dropout=recipes.QUICKSTART_DROPOUT,
+                   seq_len=recipes.QUICKSTART_HOUR_SEQ_LEN),
     # The test suite's profile: every stage runs, on toy sizes and step counts.
     "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
                     teacher_preset="micro", teacher=Budget(steps=12), student_preset="micro",
