@@ -93,6 +93,7 @@ class Profile:
     bench_repeats: int
     schedule: str = recipes.SCHEDULE
     sft_replay: float = recipes.SFT_REPLAY  # statute prose mixed into the chat SFT (sft-from-statutes --replay)
+    sft_lr_scale: float = recipes.SFT_LR_SCALE  # chat SFT lr = the base's pretraining lr times this
 
 
 WARMUP_STEPS = recipes.WARMUP_MIN
@@ -101,12 +102,13 @@ WARMUP_STEPS = recipes.WARMUP_MIN
 def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[float, float, float],
            fixed_minutes: float, vocab: int, epochs: float | None = None,
            teacher_epochs: float | None = None, teacher_dropout: float = 0.0,
-           seq_len: int = recipes.RULES["cpu"].seq_len) -> Profile:
+           seq_len: int = recipes.RULES["cpu"].seq_len, sft_lr_scale: float = recipes.SFT_LR_SCALE) -> Profile:
     """A profile whose training stages split ``minutes - fixed_minutes`` by ``shares`` (teacher, student, SFT).
 
     ``epochs`` caps the teacher and the students (not the SFT): the minutes are then an upper bound;
     ``teacher_epochs`` (with ``teacher_dropout``) gives the teacher its own cap. ``seq_len`` is every stage's
     row length and the held-out eval's window; the batch keeps its tokens (fewer, longer rows).
+    ``sft_lr_scale``: the chat SFT's lr as a share of the base's pretraining lr.
     """
     assert abs(shares[0] + 2 * shares[1] + shares[2] - 1) < 1e-9  # the student share is spent twice (KD, control)
     train_min = minutes - fixed_minutes
@@ -118,7 +120,8 @@ def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[
                    teacher=Budget(minutes=t, epochs=teacher_epochs or epochs, dropout=teacher_dropout),
                    student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f),
                    sft_conversations=4000, cache_k=32,
-                   kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3)
+                   kd_alpha=recipes.KD_ALPHA, eval_bytes=65536, bench_tokens=64, bench_repeats=3,
+                   sft_lr_scale=sft_lr_scale)
 
 
 PROFILES = {
@@ -141,7 +144,7 @@ PROFILES = {
     "hour": _timed("hour", 60, "tiny", "micro", (0.87, 0.04, 0.05), fixed_minutes=5.0,
                    vocab=recipes.QUICKSTART_VOCAB, epochs=recipes.QUICKSTART_EPOCHS,
                    teacher_epochs=recipes.QUICKSTART_TEACHER_EPOCHS, teacher_dropout=recipes.QUICKSTART_DROPOUT,
-                   seq_len=recipes.QUICKSTART_HOUR_SEQ_LEN),
+                   seq_len=recipes.QUICKSTART_HOUR_SEQ_LEN, sft_lr_scale=recipes.QUICKSTART_HOUR_SFT_LR_SCALE),
     # The test suite's profile: every stage runs, on toy sizes and step counts.
     "tiny": Profile("tiny", 1, vocab_size=640, seq_len=64, global_batch_tokens=1024, micro_batch=8,
                     teacher_preset="micro", teacher=Budget(steps=12), student_preset="micro",
@@ -330,7 +333,7 @@ def quickstart(
                                   replay=prof.sft_replay, force=True)
         base, why = chat_base(teacher, student)
         summary = sft(data=str(sft_file), init_from=base["final"], out=str(out / "chat"),
-                      lr=lr_of(base["preset"]) * recipes.SFT_LR_SCALE, **prof.sft.kwargs(), **common)
+                      lr=lr_of(base["preset"]) * prof.sft_lr_scale, **prof.sft.kwargs(), **common)
         return {**summary, "conversations": built["conversations"], "text_records": built["text_records"],
                 "sft_data": str(sft_file), "init_from": base["final"], "why": why}
 
