@@ -58,7 +58,7 @@ VARIANTS = {
     "drop0.2-e12": dict(dropout=0.2, epochs=12.0), "drop0.3-e12": dict(dropout=0.3, epochs=12.0),
     # Context: trained on 512-token rows and scored with 512-token windows (every held-out token then has 256-511
     # tokens before it instead of 128-255); a statute's articles refer back to their own clauses.
-    "seq512-drop0.1-e8": dict(seq=512, dropout=0.1, epochs=8.0),
+    "seq512-drop0.1-e8": dict(seq=512, dropout=0.1, epochs=8.0), "seq512": dict(seq=512),
     # Self-distillation ("born-again"; Kim et al. 2025 report distillation gains when data, not compute, is the
     # limit): a student of the teacher's own shape and recipe, trained on the teacher's top-32 cache of the training
     # split (pure KD, recipes.KD_ALPHA) instead of the one-hot next token. Its control is the teacher itself: the same

@@ -95,3 +95,7 @@ def test_an_epochs_cap_bounds_a_timed_stage():
     assert (hour.teacher.epochs, hour.teacher.dropout) == (r.QUICKSTART_TEACHER_EPOCHS, r.QUICKSTART_DROPOUT)
     assert (hour.student.epochs, hour.student.dropout) == (r.QUICKSTART_EPOCHS, 0.0)  # short stages: no repeats
     assert hour.sft.epochs is None
+    # The hour's rows are longer; every profile keeps its 2,048-token steps (fewer rows per step, not more tokens).
+    assert hour.seq_len == r.QUICKSTART_HOUR_SEQ_LEN
+    for p in PROFILES.values():
+        assert p.micro_batch * p.seq_len <= p.global_batch_tokens and p.global_batch_tokens % p.seq_len == 0

@@ -186,7 +186,7 @@ QUICKSTART_EPOCHS = 5.0
 # hour keeps micro students.
 QUICKSTART_TEACHER_EPOCHS = 8.0
 QUICKSTART_DROPOUT = 0.1
-# measured (benchmarks/results_dropout.md, the same sweep, host and held-out text): that teacher trained on 512-token
+# measured (benchmarks/results_dropout.md, the same script and held-out text, a slow host): that teacher on 512-token
 # rows (same 2,048-token batches, 4 rows of 512) scored 0.782 held-out at context 512 and 0.784 at context 256,
 # against 0.805 for 256-token rows: the longer rows, not the longer eval window, are the gain (its validation bpb
 # was worse, 0.561 vs 0.551: it memorized the training statutes less). The hour profile trains every stage so.
