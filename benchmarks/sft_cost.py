@@ -5,7 +5,7 @@ Q&A (``vnmini data sft-from-statutes``); that fine-tuning moves it away from raw
 prose, and the held-out bits per byte of the chat model is the number the
 quickstart is judged on. This script fine-tunes one base checkpoint with each
 recipe through the real ``vnmini sft`` and scores every result with ``vnmini eval
---context 256`` on the same held-out text, next to the base itself, plus the SFT's
+--context`` (the profile's row length) on the same held-out text, next to the base itself, plus the SFT's
 own validation bpb (held-out conversations: how well it learned to answer)::
 
     python benchmarks/sft_cost.py --base runs/qs-hour/teacher/final --data runs/qs-hour/sft.jsonl \\
@@ -35,8 +35,8 @@ from recipe_sweep import run as vnmini  # noqa: E402  (one runner of CLI subproc
 DEFAULT_RECIPES = "1e-3:200,3e-4:200,1e-3:100,1e-4:200"
 
 
-def heldout_bpb(model: Path, text: Path, log: Path, threads: int) -> float:
-    return float(heldout_eval(model, text, log, threads)["bpb"])
+def heldout_bpb(model: Path, text: Path, log: Path, threads: int, context: int) -> float:
+    return float(heldout_eval(model, text, log, threads, context=context)["bpb"])
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
     prof = PROFILES[a.profile]
     shape = ["--seq-len", str(prof.seq_len), "--global-batch-tokens", str(prof.global_batch_tokens), "--micro-batch",
              str(prof.micro_batch), "--schedule", prof.schedule, "--warmup-steps", str(WARMUP_STEPS)]
-    base_bpb = heldout_bpb(a.base, a.heldout, log, a.threads)
+    base_bpb = heldout_bpb(a.base, a.heldout, log, a.threads, prof.seq_len)
     for recipe in a.recipes.split(","):
         if recipe in done:
             print(f"{recipe}: in {jsonl} already")
@@ -85,7 +85,8 @@ def main() -> None:
         prov = json.loads((run / "final" / "vnmini.json").read_text(encoding="utf-8"))
         r = {"base": str(a.base), "data": str(a.data), "recipe": recipe, "lr": lr, "epochs": prov.get("epochs"),
              "steps": prov["step"], "sft_val_bpb": prov.get("eval_bpb"), "base_heldout_bpb": base_bpb,
-             "heldout_bpb": heldout_bpb(run / "final", a.heldout, log, a.threads), "wall_s": round(wall, 1),
+             "heldout_bpb": heldout_bpb(run / "final", a.heldout, log, a.threads, prof.seq_len),
+             "wall_s": round(wall, 1),
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{recipe}: held-out {r['heldout_bpb']:.4f} (base {base_bpb:.4f}), SFT val {r['sft_val_bpb']:.4f}, "
               f"{r['steps']} steps, {wall:.0f} s")
@@ -95,8 +96,9 @@ def main() -> None:
     lines = ["# What chat SFT costs held-out prose (`benchmarks/sft_cost.py`)", "",
              f"Each row fine-tunes the base through `vnmini sft --max-steps N` with the quickstart `{a.profile}` "
              f"profile's context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token "
-             f"steps, {prof.schedule}, {WARMUP_STEPS} warmup steps) and scores it with `vnmini eval --context 256` "
-             f"on `{a.heldout}`. SFT val bpb is the assistant tokens of its held-out conversations (how well it "
+             f"steps, {prof.schedule}, {WARMUP_STEPS} warmup steps) and scores it with `vnmini eval --context "
+             f"{prof.seq_len}` on `{a.heldout}`. SFT val bpb is the assistant tokens of its held-out conversations "
+             "(how well it "
              "answers); epochs count the SFT rows, replay text included. Lower is better in both.", "",
              "| base | SFT data | lr | steps | SFT epochs | held-out bpb | cost vs base | SFT val bpb | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
