@@ -216,8 +216,8 @@ def write_reports(results: list[dict], prefix: Path, heldout: Path) -> None:
              f"Held-out text: the first {heldout.stat().st_size:,} bytes of the held-out code, scored by "
              "`vnmini eval --context C` (C = the run's training context, ctx). One change from the base recipe "
              "per row; lower is better. tok/s is the run's median training throughput: each run is one wall-clock "
-             "budget, so a slower machine (another "
-             "process, a noisy host) gives it fewer steps; compare steps as well as bpb.", "",
+             "budget, so a slower machine (another process, a noisy host) gives it fewer steps; compare steps as "
+             "well as bpb.", "",
              "| variant | preset | vocab | ctx | batch | lr | warmup | decay | wd | dropout | "
              + " | ".join(f"{m:g} min bpb (steps, epochs, tok/s)" for m in mins) + " |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(mins)]

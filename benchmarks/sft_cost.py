@@ -98,8 +98,7 @@ def main() -> None:
              f"profile's context, batch and schedule ({prof.seq_len} tokens, {prof.global_batch_tokens:,}-token "
              f"steps, {prof.schedule}, {WARMUP_STEPS} warmup steps) and scores it with `vnmini eval --context "
              f"{prof.seq_len}` on `{a.heldout}`. SFT val bpb is the assistant tokens of its held-out conversations "
-             "(how well it "
-             "answers); epochs count the SFT rows, replay text included. Lower is better in both.", "",
+             "(how well it answers); epochs count the SFT rows, replay text included. Lower is better in both.", "",
              "| base | SFT data | lr | steps | SFT epochs | held-out bpb | cost vs base | SFT val bpb | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows_all, key=lambda r: (r["base"], r["data"], r["lr"], r["steps"])):
