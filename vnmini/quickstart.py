@@ -136,8 +136,9 @@ PROFILES = {
     # (QUICKSTART_TEACHER_EPOCHS, QUICKSTART_DROPOUT), every stage on 512-token rows (QUICKSTART_HOUR_SEQ_LEN),
     # `micro` students far behind it (short, as in the 10-minute profile, where KD beat its control) and the
     # 10-minute profile's chat SFT, twice as long (with replay that learns the answers better at no held-out cost:
-    # recipes.SFT_REPLAY). The minutes are an upper bound: on 2 idle
-    # cores the run ends after ~25 minutes, once the corpus is used up. Measured on the held-out code: a `mini`
+    # recipes.SFT_REPLAY) at its own lr (QUICKSTART_HOUR_SFT_LR_SCALE). The minutes are an upper bound: the run
+    # ends once the corpus is used up (~44 minutes on a slow 2-core host, an estimated ~30 on idle cores).
+    # Measured on the held-out code: a `mini`
     # teacher given 36 minutes (3.5 epochs) scored 0.916, worse than the 10-minute `tiny` (0.856 at 3.2 epochs);
     # a `tiny` given 33 minutes (21 epochs) 1.31; and 10 minutes of SFT (5.3 epochs of its Q&A) took the 5-epoch
     # teacher's 0.810 to 1.152 (recipes.py).
