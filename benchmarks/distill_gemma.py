@@ -137,8 +137,9 @@ def main() -> None:
     cache = stage("teacher cache", lambda: write_teacher_cache(
         gemma, w / "shards", w / "cache", k=a.k, seq_len=a.seq_len, batch_size=1, vocab_mode="mapped",
         max_windows=a.cache_windows, progress=True, device="cpu"))
-    common = dict(data=str(w / "shards"), preset=a.student_preset, seq_len=a.seq_len, micro_batch=8,
-                  global_batch_tokens=a.batch_tokens, max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
+    common = dict(data=str(w / "shards"), preset=a.student_preset, seq_len=a.seq_len,
+                  micro_batch=recipes.micro_batch_for(a.batch_tokens, a.seq_len), global_batch_tokens=a.batch_tokens,
+                  max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
                   lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
                   device="cpu", threads=a.threads)
     reused: list[str] = []

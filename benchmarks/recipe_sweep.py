@@ -158,8 +158,10 @@ def train_and_eval(name: str, v: dict, minutes: float, shards: Path, heldout: Pa
     verb, teacher = ["train"], {}
     if v.get("kd_from"):  # the teacher's cache and score are its own cost (cache_s), not the student's wall time
         verb, teacher = self_kd_cache(v["kd_from"], minutes, shards, heldout, work, log, threads, v["seq"])
+    from vnmini.training import recipes
+
     t0 = time.perf_counter()
-    micro = max(1, min(8, v["batch"] // v["seq"]))  # rows of seq tokens; small batches need smaller forwards
+    micro = recipes.micro_batch_for(v["batch"], v["seq"])  # small batches need smaller forwards
     cap = ["--max-epochs", str(v["epochs"])] if v.get("epochs") else []
     run([*verb, "--data", str(shards), "--out", str(out), "--preset", v["preset"], "--max-minutes", f"{minutes:g}",
          *cap,

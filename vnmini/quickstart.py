@@ -115,7 +115,7 @@ def _timed(name: str, minutes: float, teacher: str, student: str, shares: tuple[
     t, s, f = (round(train_min * x, 2) for x in shares)
     batch_tokens = recipes.RULES["cpu"].min_batch_tokens
     return Profile(name, minutes, vocab_size=vocab, seq_len=seq_len, global_batch_tokens=batch_tokens,
-                   micro_batch=max(1, min(recipes.RULES["cpu"].micro_batch, batch_tokens // seq_len)),
+                   micro_batch=recipes.micro_batch_for(batch_tokens, seq_len),
                    teacher_preset=teacher,
                    teacher=Budget(minutes=t, epochs=teacher_epochs or epochs, dropout=teacher_dropout),
                    student_preset=student, student=Budget(minutes=s, epochs=epochs), sft=Budget(minutes=f),

@@ -148,6 +148,13 @@ def batch_for(tokens: float, rules: DeviceRules, seq_len: int, micro_batch: int)
     return max(per_forward, b // per_forward * per_forward)
 
 
+def micro_batch_for(global_batch_tokens: int, seq_len: int, device: str = "cpu") -> int:
+    """Rows per forward: the device's micro batch, fewer when one optimizer step holds fewer rows
+    (a 2,048-token step of 512-token rows is 4 rows, not 8)."""
+    rules = RULES["cuda" if device.startswith("cuda") else "cpu"]
+    return max(1, min(rules.micro_batch, global_batch_tokens // seq_len))
+
+
 def warmup_for(steps: int) -> int:
     return int(min(WARMUP_MAX, max(WARMUP_MIN, round(WARMUP_FRACTION * steps))))
 
