@@ -99,3 +99,6 @@ def test_an_epochs_cap_bounds_a_timed_stage():
     assert hour.seq_len == r.QUICKSTART_HOUR_SEQ_LEN
     for p in PROFILES.values():
         assert p.micro_batch * p.seq_len <= p.global_batch_tokens and p.global_batch_tokens % p.seq_len == 0
+    # One rule for rows per forward (the sweep and the Gemma benchmark use it too): whole forwards per step.
+    for batch, seq, rows in ((2048, 256, 8), (2048, 512, 4), (2048, 2048, 1), (8192, 64, 8)):
+        assert r.micro_batch_for(batch, seq) == rows and batch % (rows * seq) == 0
