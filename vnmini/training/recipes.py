@@ -148,11 +148,15 @@ def batch_for(tokens: float, rules: DeviceRules, seq_len: int, micro_batch: int)
     return max(per_forward, b // per_forward * per_forward)
 
 
+def rules_for(device: str) -> DeviceRules:
+    """The rules of a device string (``cuda``, ``cuda:1`` → the GPU rules; anything else → CPU)."""
+    return RULES["cuda" if device.startswith("cuda") else "cpu"]
+
+
 def micro_batch_for(global_batch_tokens: int, seq_len: int, device: str = "cpu") -> int:
     """Rows per forward: the device's micro batch, fewer when one optimizer step holds fewer rows
     (a 2,048-token step of 512-token rows is 4 rows, not 8)."""
-    rules = RULES["cuda" if device.startswith("cuda") else "cpu"]
-    return max(1, min(rules.micro_batch, global_batch_tokens // seq_len))
+    return max(1, min(rules_for(device).micro_batch, global_batch_tokens // seq_len))
 
 
 def warmup_for(steps: int) -> int:
@@ -163,7 +167,7 @@ def recipe_for(device: str, *, hidden_size: int, params: float, tokens_per_s: fl
                train_tokens: float, seq_len: int | None = None, micro_batch: int | None = None,
                global_batch_tokens: int | None = None) -> Recipe:
     """The rules applied to one shape; pass ``seq_len``/``micro_batch``/``global_batch_tokens`` to fix them."""
-    rules = RULES["cuda" if device.startswith("cuda") else "cpu"]
+    rules = rules_for(device)
     seq = seq_len or rules.seq_len
     micro = micro_batch or rules.micro_batch
     tokens = tokens_per_s * budget_s
