@@ -47,6 +47,11 @@ def test_backend_matches_torch(exported):
     got = gen.logits(ids)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+    # Only rows first.. (the rest skip llama.cpp's output layer): the same rows as the full pass.
+    for first in (1, 37, len(ids) - 1):
+        part = gen.logits(ids, first=first)
+        assert part.shape == (len(ids) - first, ref.shape[1])
+        assert np.abs(part - ref[first:]).max() / np.abs(ref).max() < 1e-4
 
     # Greedy text and chat (the second turn reuses the first turn's cached prefix).
     prompt = "Xin chào các bạn"

@@ -98,8 +98,8 @@ class Scripted(Generator):
         self.steps += 1
         return self._row()
 
-    def logits(self, token_ids):
-        return np.stack([self._row() for _ in token_ids])
+    def logits(self, token_ids, first=0):
+        return np.stack([self._row() for _ in token_ids[first:]])
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = "condition"):

@@ -125,12 +125,14 @@ def eval_text(
         begin = 0
         while done < n:
             end = min(begin + window, n)
-            logits = np.asarray(generator.logits(ids[begin:end].tolist()))
+            # Logit row r predicts position begin + r + 1; score positions [done, end), so only rows
+            # first.. are needed (the backend skips the output layer before them).
+            first = done - 1 - begin
+            logits = np.asarray(generator.logits(ids[begin:end].tolist(), first=first))
             check_logits(logits, getattr(generator, "source", "the model"))
             windows += 1
-            # Logit row r predicts position begin + r + 1; score positions [done, end).
-            rows = np.arange(done - 1 - begin, end - 1 - begin)
-            pos = rows + begin + 1
+            pos = np.arange(done, end)
+            rows = pos - done  # row 0 is position first + begin, which predicts done
             keep = scored[pos]
             if keep.any():
                 meter.add(logits[rows[keep]], ids[pos[keep]])

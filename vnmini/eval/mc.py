@@ -107,9 +107,9 @@ def score_choices(generator: Generator, question: str, choices: Sequence[str]) -
         if room < 1:
             raise VnminiError(f"choice {choice[:40]!r}... is longer than the model's context; shorten it.")
         full = ctx[-room:] + cont  # keep the end of a long question
-        logits = np.asarray(generator.logits(full))
-        rows = np.arange(len(full) - len(cont) - 1, len(full) - 1)
-        lp = _token_logprobs(logits[rows], np.asarray(cont))
+        first = len(full) - len(cont) - 1  # the row that predicts the choice's first token
+        logits = np.asarray(generator.logits(full, first=first))
+        lp = _token_logprobs(logits[: len(cont)], np.asarray(cont))
         nbytes = max(1, int(tok.token_bytes[np.asarray(cont)].sum()))
         out.append((float(lp.sum()), nbytes))
     return out

@@ -71,8 +71,10 @@ class Generator(ABC):
         """Append ``ids`` after the cached positions; return the last position's logits [V]."""
 
     @abstractmethod
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits [T, V] (float32) of a fresh forward pass over ``token_ids`` (cache untouched)."""
+    def logits(self, token_ids: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits [T - first, V] (float32) of positions ``first..`` of a fresh forward pass over ``token_ids``
+        (cache untouched). ``first`` lets a backend skip the output layer where no one reads it (sliding-window
+        scoring reads only each window's new half; for a 262k-vocabulary GGUF that halves the work)."""
 
     def _truncate(self, n: int) -> bool:
         """Keep only the first n cached positions; False if the backend can't."""

@@ -51,6 +51,9 @@ def open_llama(path: str | Path, n_ctx: int, threads: int | None = None, f32_cac
                               n_threads=threads or max(1, min(4, os.cpu_count() or 1)), vocab_only=vocab_only)
     if f32_cache:
         kw.update(type_k=0, type_v=0)  # GGML_TYPE_F32
+    else:
+        # f16 KV: flash attention is ~15 % faster on 2 CPU cores (Gemma-3-270M, 512-1024 positions; 2026-12-03)
+        kw.update(flash_attn=True)
     try:
         return Llama(str(path), **kw)
     except (ValueError, RuntimeError) as e:
@@ -121,23 +124,32 @@ class GGUFGenerator(Generator):
         self.llm.eval(ids)
         return self._last_logits()
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits [T, V] of a fresh pass. Uses the same llama.cpp context, so the
-        generation cache is dropped (the next ``generate`` re-feeds its prompt)."""
+    def logits(self, token_ids: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits [T - first, V] of a fresh pass. Uses the same llama.cpp context, so the
+        generation cache is dropped (the next ``generate`` re-feeds its prompt). Positions
+        before ``first`` are decoded without output rows (llama.cpp's per-token logits flag)."""
         ids = [int(i) for i in token_ids]
         if len(ids) > self.context_length:
             raise VnminiError(f"{self.path}: {len(ids)} tokens exceed the context of {self.context_length}.")
+        if not 0 <= first <= len(ids):
+            raise ValueError(f"first={first} is outside 0..{len(ids)}")
         llm, V = self.llm, self.n_vocab
         llm.reset()
         self._cached = []
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        out = np.empty((len(ids), V), dtype=np.float32)
+        out = np.empty((len(ids) - first, V), dtype=np.float32)
         for i in range(0, len(ids), llm.n_batch):
             chunk = ids[i: i + llm.n_batch]
             llm._batch.set_batch(batch=chunk, n_past=i, logits_all=True)
+            wanted = [i + j >= first for j in range(len(chunk))]
+            for j, flag in enumerate(wanted):
+                llm._batch.batch.logits[j] = flag
             llm._ctx.decode(llm._batch)
-            rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk) * V,))
-            out[i: i + len(chunk)] = rows.reshape(len(chunk), V)
+            n_out = sum(wanted)
+            if n_out:
+                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_out * V,))
+                lo = max(i, first) - first
+                out[lo: lo + n_out] = rows.reshape(n_out, V)
         llm.reset()
         return out
 

@@ -194,8 +194,8 @@ class ONNXGenerator(Generator):
         self._past, self._pos = cut, n
         return True
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        return self.run([int(i) for i in token_ids])[0]
+    def logits(self, token_ids: Sequence[int], first: int = 0) -> np.ndarray:
+        return self.run([int(i) for i in token_ids])[0][first:]
 
     @property
     def cached_length(self) -> int:

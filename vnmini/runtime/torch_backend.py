@@ -55,6 +55,6 @@ class TorchGenerator(Generator):
         return out[0, -1].float().cpu().numpy()
 
     @torch.inference_mode()
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+    def logits(self, token_ids: Sequence[int], first: int = 0) -> np.ndarray:
         x = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        return self.model(x)[0].float().cpu().numpy()
+        return self.model(x)[0, first:].float().cpu().numpy()

@@ -241,8 +241,11 @@ class GgufMappedTeacher(MappedTeacher):
             self._bos_in = bos
         self.run_path = run_path
         try:
+            # flash_attn: ~15 % more positions/s on 2 CPU cores for Gemma-3-270M at 512-token windows
+            # (measured 2026-12-03: 267-282 -> 319-330 positions/s); the teacher's KV cache is f16 either way.
             self.llm = Llama(str(run_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                             verbose=False, n_threads=threads or max(1, min(4, os.cpu_count() or 1)))
+                             flash_attn=True, verbose=False,
+                             n_threads=threads or max(1, min(4, os.cpu_count() or 1)))
         except (ValueError, RuntimeError) as e:
             raise VnminiError(f"--teacher {run_path}: llama.cpp cannot load it ({e}).") from e
         self.n_ctx = n_ctx
