@@ -51,9 +51,6 @@ def open_llama(path: str | Path, n_ctx: int, threads: int | None = None, f32_cac
                               n_threads=threads or max(1, min(4, os.cpu_count() or 1)), vocab_only=vocab_only)
     if f32_cache:
         kw.update(type_k=0, type_v=0)  # GGML_TYPE_F32
-    else:
-        # f16 KV: flash attention is ~15 % faster on 2 CPU cores (Gemma-3-270M, 512-1024 positions; 2026-12-03)
-        kw.update(flash_attn=True)
     try:
         return Llama(str(path), **kw)
     except (ValueError, RuntimeError) as e:

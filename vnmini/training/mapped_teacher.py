@@ -241,11 +241,11 @@ class GgufMappedTeacher(MappedTeacher):
             self._bos_in = bos
         self.run_path = run_path
         try:
-            # flash_attn: ~15 % more positions/s on 2 CPU cores for Gemma-3-270M at 512-token windows
-            # (measured 2026-12-03: 267-282 -> 319-330 positions/s); the teacher's KV cache is f16 either way.
+            # No flash attention: it is ~15 % faster here (310 vs 208-280 positions/s) but its f16 arithmetic moves
+            # Gemma's distribution by 0.008 nats (4 % of argmaxes), and the one KD run from such a cache scored
+            # 0.785 held-out against 0.753 (benchmarks/results_distill_gemma_flash.md).
             self.llm = Llama(str(run_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                             flash_attn=True, verbose=False,
-                             n_threads=threads or max(1, min(4, os.cpu_count() or 1)))
+                             verbose=False, n_threads=threads or max(1, min(4, os.cpu_count() or 1)))
         except (ValueError, RuntimeError) as e:
             raise VnminiError(f"--teacher {run_path}: llama.cpp cannot load it ({e}).") from e
         self.n_ctx = n_ctx
