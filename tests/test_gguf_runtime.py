@@ -52,6 +52,7 @@ def test_backend_matches_torch(exported):
         part = gen.logits(ids, first=first)
         assert part.shape == (len(ids) - first, ref.shape[1])
         assert np.abs(part - ref[first:]).max() / np.abs(ref).max() < 1e-4
+        np.testing.assert_allclose(tg.logits(ids, first=first), ref[first:], rtol=0, atol=1e-5 * np.abs(ref).max())
 
     # Greedy text and chat (the second turn reuses the first turn's cached prefix).
     prompt = "Xin chào các bạn"

@@ -131,11 +131,10 @@ def eval_text(
             logits = np.asarray(generator.logits(ids[begin:end].tolist(), first=first))
             check_logits(logits, getattr(generator, "source", "the model"))
             windows += 1
-            pos = np.arange(done, end)
-            rows = pos - done  # row 0 is position first + begin, which predicts done
+            pos = np.arange(done, end)  # logits row r predicts position done + r
             keep = scored[pos]
             if keep.any():
-                meter.add(logits[rows[keep]], ids[pos[keep]])
+                meter.add(logits[: len(pos)][keep], ids[pos[keep]])
             done = end
             begin += stride
             bar.advance()

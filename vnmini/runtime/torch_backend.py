@@ -57,4 +57,5 @@ class TorchGenerator(Generator):
     @torch.inference_mode()
     def logits(self, token_ids: Sequence[int], first: int = 0) -> np.ndarray:
         x = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        return self.model(x)[0, first:].float().cpu().numpy()
+        # The LM head only on the rows asked for (forward() is lm_head ∘ hidden_states).
+        return self.model.lm_head(self.model.hidden_states(x)[0, first:]).float().cpu().numpy()
