@@ -151,6 +151,37 @@ def test_online_kd_from_a_superset_hf_qwen2_teacher_resumes_exactly(world, tmp_p
     assert g["steps"] == 2 and g["distill"]["teacher"]["backend"] == "gguf"
 
 
+def test_a_quantized_gguf_teacher_runs_dequantized_and_matches_transformers(world):
+    """llama.cpp rounds activations to 8 bits against quantized weights; the float32 rewrite computes the
+    weights' own function, which transformers' reading of the same GGUF (float64 here) is the oracle of."""
+    from transformers import AutoModelForCausalLM
+
+    from vnmini.export import to_gguf
+    from vnmini.training.mapped_teacher import GgufMappedTeacher
+
+    d = world
+    to_gguf(d / "qwen", d / "q8.gguf", quant="q8_0", verify=False)
+    tok = _student_tok(d)
+    rng = np.random.default_rng(7)
+    ids = torch.from_numpy(rng.integers(0, tok.vocab_size, size=(2, 13)))
+    idm = torch.from_numpy(np.asarray(tok.teacher_map.student_to_teacher, dtype=np.int64))
+    hf = AutoModelForCausalLM.from_pretrained(str(d), gguf_file="q8.gguf", dtype=torch.float64).eval()
+    with torch.no_grad():
+        z = hf(idm[ids]).logits.double()
+    ref = z[..., idm] - torch.logsumexp(z, -1, keepdim=True)
+    auto = GgufMappedTeacher(d / "q8.gguf", tok, "full", n_ctx=32)
+    packed = GgufMappedTeacher(d / "q8.gguf", tok, "full", n_ctx=32, f32_weights=False)
+    assert auto.f32_weights and auto.run_path != d / "q8.gguf" and auto.describe()["f32_weights"]
+    err_f32 = (auto.student_logprobs(ids).double() - ref).abs().max().item()
+    err_packed = (packed.student_logprobs(ids).double() - ref).abs().max().item()
+    assert err_f32 < 2e-4 and err_packed > 3 * err_f32, (err_f32, err_packed)
+    mapped = GgufMappedTeacher(d / "q8.gguf", tok, "mapped", n_ctx=32)
+    ref_m = torch.log_softmax(z[..., idm], -1)
+    assert mapped.f32_weights and (mapped.student_logprobs(ids).double() - ref_m).abs().max().item() < 2e-4
+    # a float32 teacher is run as it is
+    assert GgufMappedTeacher(d / "qwen.gguf", tok, "full", n_ctx=32).run_path == d / "qwen.gguf"
+
+
 def test_a_vocabulary_that_is_not_a_subset_is_refused(world, tmp_path, law_corpus, cli):
     d = world
     law_corpus(tmp_path)  # its own 300-token BPE: not adopted from the Qwen2 teacher
