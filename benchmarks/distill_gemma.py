@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout for both students (the same recipe for both)")
     ap.add_argument("--cache-windows", type=int, default=None, help="cache the first N windows (default: all)")
     ap.add_argument("--chars", type=int, default=87_000, help="score the first N characters of the held-out code")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -141,7 +142,7 @@ def main() -> None:
                   micro_batch=recipes.micro_batch_for(a.batch_tokens, a.seq_len), global_batch_tokens=a.batch_tokens,
                   max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
                   lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
-                  device="cpu", threads=a.threads)
+                  device="cpu", threads=a.threads, **({"dropout": a.dropout} if a.dropout else {}))
     reused: list[str] = []
 
     def student(name: str, label: str, key: dict, fn) -> dict:
@@ -213,6 +214,8 @@ def main() -> None:
         "scratch": {k: scratch.get(k) for k in ("steps", "tokens", "elapsed_s", "eval_bpb")},
         "kd_vs_scratch": 1 - k_ / s_, "gap_closed": (s_ - k_) / (s_ - g),
         "speedup_vs_gemma": dec_by_path[str(ggufs["kd"])]["decode_tok_s"] / dec_by_path[str(gemma)]["decode_tok_s"],
+        "teacher_weights": ("float32 (dequantized from the GGUF)" if isinstance(cache.get("teacher"), dict)
+                            and cache["teacher"].get("f32_weights") else "its stored (quantized)"),
         "stage_seconds": times, "reused_students": reused, "total_s": round(time.perf_counter() - t_all, 1),
         "load_avg_end": os.getloadavg()[0],
     }
@@ -232,7 +235,9 @@ def render(r: dict) -> str:
         f"whole run {r['total_s'] / 60:.1f} min, load average at end {r['load_avg_end']:.1f}). Student "
         f"`{a['student_preset']}` with {a['vocab_size']:,} tokens adopted from Gemma's 262,144; "
         f"{r['kd']['steps']} steps × {a['batch_tokens']} tokens for both students (lr {a['lr']}, WSD, warmup "
-        f"{a['warmup']}); KD: alpha {a['alpha']}, sparse KL over the cached top-{a['k']} + leftover bucket. "
+        f"{a['warmup']}, dropout {a.get('dropout', 0.0)}); KD: alpha {a['alpha']}, sparse KL over the cached "
+        f"top-{a['k']} + leftover bucket "
+        f"(teacher run with {r.get('teacher_weights', 'its own')} weights). "
         f"Held-out: the first {a['chars']:,} characters of the Civil Code, normalized, the same text for all, "
         "sliding windows (each model's training context, Gemma's capped at 1024; stride half).",
         "",
