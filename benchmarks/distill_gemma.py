@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout for both students (the same recipe for both)")
+    ap.add_argument("--seed", type=int, default=None, help="init and data-order seed of both students "
+                    "(default: TrainConfig's); another seed measures the spread of one recipe")
     ap.add_argument("--cache-windows", type=int, default=None, help="cache the first N windows (default: all)")
     ap.add_argument("--chars", type=int, default=87_000, help="score the first N characters of the held-out code")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -142,7 +144,8 @@ def main() -> None:
                   micro_batch=recipes.micro_batch_for(a.batch_tokens, a.seq_len), global_batch_tokens=a.batch_tokens,
                   max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
                   lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
-                  device="cpu", threads=a.threads, **({"dropout": a.dropout} if a.dropout else {}))
+                  device="cpu", threads=a.threads, **({"dropout": a.dropout} if a.dropout else {}),
+                  **({"seed": a.seed} if a.seed is not None else {}))
     reused: list[str] = []
 
     def student(name: str, label: str, key: dict, fn) -> dict:
@@ -228,6 +231,7 @@ def render(r: dict) -> str:
     a = r["args"]
     dec = r["decode_tok_s"]
     paths = list(dec)
+    seed_note = "" if a.get("seed") is None else f", seed {a['seed']}"
     lines = [
         "# Cross-tokenizer distillation from Gemma-3-270M (vs a same-budget scratch student)",
         "",
@@ -235,8 +239,8 @@ def render(r: dict) -> str:
         f"whole run {r['total_s'] / 60:.1f} min, load average at end {r['load_avg_end']:.1f}). Student "
         f"`{a['student_preset']}` with {a['vocab_size']:,} tokens adopted from Gemma's 262,144; "
         f"{r['kd']['steps']} steps × {a['batch_tokens']} tokens for both students (lr {a['lr']}, WSD, warmup "
-        f"{a['warmup']}, dropout {a.get('dropout', 0.0)}); KD: alpha {a['alpha']}, sparse KL over the cached "
-        f"top-{a['k']} + leftover bucket "
+        f"{a['warmup']}, dropout {a.get('dropout', 0.0)}{seed_note}); KD: alpha {a['alpha']}, sparse KL over "
+        f"the cached top-{a['k']} + leftover bucket "
         f"(teacher run with {r.get('teacher_weights', 'its own')} weights). "
         f"Held-out: the first {a['chars']:,} characters of the Civil Code, normalized, the same text for all, "
         "sliding windows (each model's training context, Gemma's capped at 1024; stride half).",
