@@ -51,6 +51,7 @@ def distill(
     tokenizer: Path = cfg_opt("tokenizer", "-t"),
     init_from: Path = _O(None, "--init-from",
                          help="Start the student from this checkpoint (required for chat teacher text)."),
+    init_embeddings: Path = cfg_opt("init_embeddings"),
     seq_len: int = cfg_opt("seq_len", note="With --teacher-cache: the cache's own."),
     micro_batch: int = cfg_opt("micro_batch"),
     global_batch_tokens: int = cfg_opt("global_batch_tokens"),

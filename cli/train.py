@@ -54,6 +54,7 @@ def train(
     preset: str = cfg_opt("preset", "-p"),
     tokenizer: Path = cfg_opt("tokenizer", "-t"),
     init_from: Path = cfg_opt("init_from"),
+    init_embeddings: Path = cfg_opt("init_embeddings"),
     seq_len: int = cfg_opt("seq_len"),
     micro_batch: int = cfg_opt("micro_batch"),
     global_batch_tokens: int = cfg_opt("global_batch_tokens"),

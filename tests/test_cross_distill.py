@@ -203,3 +203,62 @@ def test_a_vocabulary_that_is_not_a_subset_is_refused(world, tmp_path, law_corpu
 
     with pytest.raises(VnminiError, match="adopted from another vocabulary"):
         open_mapped_teacher(d / "qwen.gguf", VnTokenizer.load(tampered), "full")
+
+
+def _gram(z: np.ndarray) -> np.ndarray:
+    g = z.astype(np.float64) @ z.astype(np.float64).T
+    return g / np.linalg.norm(g)
+
+
+def test_student_embeddings_start_from_the_teachers_rows_projected_by_pca(world, tmp_path, cli):
+    """``--init-embeddings``: the teacher's rows as transformers reads them (the HF folder, and a q8_0 GGUF of it),
+    projected to the best rank-k geometry (float64 torch SVD as the oracle), in a fresh model only."""
+    from transformers import AutoModelForCausalLM
+
+    from vnmini.export import to_gguf
+    from vnmini.training.config import TrainConfig
+    from vnmini.training.pretrain import make_model
+    from vnmini.training.teacher_embed import project_rows, teacher_embedding_rows
+
+    d = world
+    tok = _student_tok(d)
+    idm = np.asarray(tok.teacher_map.student_to_teacher, dtype=np.int64)
+    hf = AutoModelForCausalLM.from_pretrained(str(d / "qwen"), dtype=torch.float64)
+    rows = teacher_embedding_rows(d / "qwen", tok)
+    np.testing.assert_allclose(rows, hf.get_input_embeddings().weight.detach().numpy()[idm], rtol=0, atol=1e-6)
+    to_gguf(d / "qwen", d / "q8e.gguf", quant="q8_0", verify=False)
+    hg = AutoModelForCausalLM.from_pretrained(str(d), gguf_file="q8e.gguf", dtype=torch.float64)
+    rows_q = teacher_embedding_rows(d / "q8e.gguf", tok)
+    np.testing.assert_allclose(rows_q, hg.get_input_embeddings().weight.detach().numpy()[idm], rtol=0, atol=1e-6)
+    assert 0 < np.abs(rows_q - rows).max() < 0.05  # quantized, yet the same rows
+
+    x = torch.from_numpy(rows).double()
+    x = x - x.mean(0)
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    for k in (7, 64, 100):  # narrower than the teacher, as wide, wider (all of its 64 directions)
+        z = project_rows(rows, k, rms=0.02)
+        c = min(k, 64)
+        assert z.shape == (tok.vocab_size, c) and abs(np.sqrt(np.mean(z.astype(np.float64) ** 2)) - 0.02) < 1e-6
+        best = (u[:, :c] * s[:c]).numpy()
+        np.testing.assert_allclose(_gram(z), _gram(best), rtol=0, atol=1e-5)
+
+    cfg = TrainConfig(data=str(d / "shards"), preset="micro", seed=3)  # micro is 128 wide: 64 teacher columns
+    plain = make_model(cfg, tok).model.embed_tokens.weight.detach().numpy()
+    model = make_model(cfg.replace(init_embeddings=str(d / "qwen")), tok)
+    w = model.model.embed_tokens.weight.detach().numpy()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # the tied output too
+    np.testing.assert_allclose(_gram(w[:, :64]), _gram(project_rows(rows, 64, 1.0)), rtol=0, atol=1e-5)
+    assert np.array_equal(w[:, 64:], plain[:, 64:])
+    np.testing.assert_allclose(np.sqrt(np.mean(w[:, :64] ** 2)), np.sqrt(np.mean(plain ** 2)), rtol=1e-4)
+
+    base = ["train", "--data", d / "shards", "--preset", "micro", "--seq-len", T, "--micro-batch", 2,
+            "--global-batch-tokens", 4 * T, "--max-steps", 2, "--eval-every", 0, "--sample-tokens", 0,
+            "--save-every", 0, "--device", "cpu", "--no-progress"]
+    code, out, err = cli(*base, "--out", tmp_path / "r", "--init-embeddings", d / "q8e.gguf")
+    assert code == 0, err
+    code, _, err = cli(*base, "--out", tmp_path / "bad", "--init-embeddings", tmp_path / "nope.gguf")
+    assert code == 2 and "--init-embeddings" in err and "nope.gguf" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    code, _, err = cli(*base, "--out", tmp_path / "both", "--init-embeddings", d / "qwen",
+                       "--init-from", tmp_path / "r" / "final")
+    assert code == 2 and "--init-embeddings" in err and "--init-from" in err

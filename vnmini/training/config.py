@@ -44,6 +44,9 @@ class TrainConfig:
     preset: str = _f("tiny", "Model shape when not starting from a checkpoint: "
                              "micro, tiny, mini, small, medium, large.")
     init_from: str | None = _f(None, "Start from this checkpoint folder instead of a fresh preset.")
+    init_embeddings: str | None = _f(None, "Start a fresh model's token embeddings from this teacher's (a GGUF or "
+                                           "checkpoint the tokenizer was adopted from), projected to its width by "
+                                           "PCA.")
     seq_len: int = _f(256, "Tokens per sequence.")
     # ---- batch: global_batch_tokens = micro_batch * seq_len * grad_accum * world_size
     micro_batch: int = _f(8, "Sequences per process per forward.")
@@ -122,6 +125,9 @@ class TrainConfig:
             raise bad("kernels", f"{self.kernels!r} is unknown; choose one of {', '.join(KERNEL_CHOICES)}.")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise bad("dtype", f"{self.dtype!r} is unknown; choose auto, float32 or bfloat16.")
+        if self.init_embeddings and self.init_from:
+            raise bad("init_embeddings", "starts a fresh preset's embeddings; --init-from already brings its "
+                                         "checkpoint's own. Give one of them.")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", f"must be in [0, 1) (got {self.dropout}).")
         if self.grad_clip < 0 or self.weight_decay < 0:

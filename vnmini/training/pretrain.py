@@ -79,7 +79,8 @@ def build_config(config: TrainConfig | str | Path | None, overrides: dict[str, A
 
 
 def make_model(cfg: TrainConfig, tok: VnTokenizer):
-    """A fresh model of ``cfg.preset`` sized to the tokenizer (seeded init), or ``cfg.init_from``."""
+    """A fresh model of ``cfg.preset`` sized to the tokenizer (seeded init; the token embeddings from
+    ``cfg.init_embeddings``' teacher if given), or ``cfg.init_from``."""
     from vnmini.models import LlamaForCausalLM, preset
 
     if cfg.init_from:
@@ -95,6 +96,10 @@ def make_model(cfg: TrainConfig, tok: VnTokenizer):
                       pad_token_id=tok.pad_id)
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(mcfg)
+        if cfg.init_embeddings:
+            from vnmini.training.teacher_embed import init_embeddings_from
+
+            init_embeddings_from(model, cfg.init_embeddings, tok)
     if cfg.seq_len > model.config.max_position_embeddings:
         raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context "
                           f"({model.config.max_position_embeddings}); lower --seq-len.")
