@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--dropout", type=float, default=0.0, help="dropout for both students (the same recipe for both)")
+    ap.add_argument("--dropout", type=float, default=0.1, help="dropout for both students (the same recipe for both; "
+                    "0.1 measured best of 0 and 0.1 for both)")
     ap.add_argument("--kd-init-embeddings", action="store_true", help="start the KD student's token embeddings "
                     "from Gemma's (--init-embeddings; the scratch control stays scratch)")
     ap.add_argument("--seed", type=int, default=None, help="init and data-order seed of both students "
