@@ -41,7 +41,7 @@ def teacher_embedding_rows(teacher: str | Path, student_tok: Any) -> np.ndarray:
     ``teacher``: a GGUF or a checkpoint folder (HF Llama/Mistral/Qwen2 or vnmini) whose vocabulary is the
     student's or the one it was adopted from (checked token by token, as for distillation).
     """
-    from vnmini.training.mapped_teacher import gguf_tokens, id_map_for
+    from vnmini.training.mapped_teacher import gguf_tokens, id_map_for, open_mapped_teacher
 
     path = Path(teacher)
     if not path.exists():
@@ -59,16 +59,9 @@ def teacher_embedding_rows(teacher: str | Path, student_tok: Any) -> np.ndarray:
         if data.dtype == np.uint8:
             data = dequantize(data, tensor.tensor_type)
         return np.ascontiguousarray(data, dtype=np.float32)
-    from vnmini.training.teacher_cache import load_teacher
-
-    loaded = load_teacher(path, device="cpu")
-    tt = loaded.tokenizer
-    if tt is None:
-        raise VnminiError(f"--init-embeddings {teacher}: has no tokenizer files, so its vocabulary can't be matched "
-                          "to the student's; add the teacher's tokenizer.")
-    id_map = id_map_for([tt.id_to_token(i) for i in range(tt.vocab_size)], str(path), student_tok)
-    weight = loaded.model.model.embed_tokens.weight.detach().float()
-    return weight[torch.from_numpy(id_map)].numpy().astype(np.float32)
+    mapped = open_mapped_teacher(path, student_tok, "full", device="cpu")  # checks the vocabulary, as distill does
+    weight = mapped.model.model.embed_tokens.weight.detach().float()
+    return weight[mapped.id_map.cpu()].numpy().astype(np.float32)
 
 
 def project_rows(rows: np.ndarray, width: int, rms: float) -> np.ndarray:
