@@ -22,6 +22,9 @@ then scaled to the root-mean-square of the student's fresh init so the optimizer
 settings still fit. A student wider than the teacher keeps its random init in the
 columns past the teacher's width. Only a fresh model is touched: ``--resume`` loads its
 checkpoint over it.
+
+Measured once (Gemma-3-270M → ``tiny``, the Gemma benchmark's KD run, README): the student
+learns faster early but ended worse (held-out 0.804 vs 0.761 bpb), so it is opt-in.
 """
 
 from __future__ import annotations
