@@ -96,7 +96,10 @@ def make_model(cfg: TrainConfig, tok: VnTokenizer):
                       pad_token_id=tok.pad_id)
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(mcfg)
-        if cfg.init_embeddings:
+        from vnmini.training.rundir import find_resume_point
+
+        # A resumed run loads its checkpoint over these weights: don't read the teacher (~80 s for Gemma) for nothing.
+        if cfg.init_embeddings and not (cfg.resume and find_resume_point(Path(cfg.out))):
             from vnmini.training.teacher_embed import init_embeddings_from
 
             init_embeddings_from(model, cfg.init_embeddings, tok)
