@@ -256,6 +256,14 @@ def test_student_embeddings_start_from_the_teachers_rows_projected_by_pca(world,
             "--save-every", 0, "--device", "cpu", "--no-progress"]
     code, out, err = cli(*base, "--out", tmp_path / "r", "--init-embeddings", d / "q8e.gguf")
     assert code == 0, err
+    record = json.loads((tmp_path / "r" / "final" / "vnmini.json").read_text())["init_embeddings"]
+    assert record["teacher"] == str(d / "q8e.gguf") and (record["teacher_width"], record["columns"]) == (64, 64)
+    # A resumed run doesn't reread the teacher, yet its checkpoints keep where the rows came from.
+    code, out, err = cli(*base, "--max-steps", 3, "--out", tmp_path / "r", "--init-embeddings",
+                         tmp_path / "moved.gguf", "--resume")
+    assert code == 0, err
+    final = json.loads((tmp_path / "r" / "final" / "vnmini.json").read_text())
+    assert final["step"] == 3 and final["init_embeddings"] == record
     code, _, err = cli(*base, "--out", tmp_path / "bad", "--init-embeddings", tmp_path / "nope.gguf")
     assert code == 2 and "--init-embeddings" in err and "nope.gguf" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()

@@ -98,11 +98,20 @@ def make_model(cfg: TrainConfig, tok: VnTokenizer):
         model = LlamaForCausalLM(mcfg)
         from vnmini.training.rundir import find_resume_point
 
-        # A resumed run loads its checkpoint over these weights: don't read the teacher (~80 s for Gemma) for nothing.
-        if cfg.init_embeddings and not (cfg.resume and find_resume_point(Path(cfg.out))):
-            from vnmini.training.teacher_embed import init_embeddings_from
+        if cfg.init_embeddings:
+            # A resumed run loads its checkpoint over these weights: don't read the teacher (~80 s for Gemma) for
+            # nothing; its checkpoints keep the record the fresh start wrote (vnmini.json "init_embeddings").
+            found = find_resume_point(Path(cfg.out)) if cfg.resume else None
+            if found is None:
+                from vnmini.training.teacher_embed import init_embeddings_from
 
-            init_embeddings_from(model, cfg.init_embeddings, tok)
+                cfg.extra["init_embeddings"] = init_embeddings_from(model, cfg.init_embeddings, tok)
+            else:
+                import json
+
+                prev = json.loads((found / "vnmini.json").read_text(encoding="utf-8")).get("init_embeddings")
+                if prev:
+                    cfg.extra["init_embeddings"] = prev
     if cfg.seq_len > model.config.max_position_embeddings:
         raise VnminiError(f"--seq-len {cfg.seq_len} exceeds the model's context "
                           f"({model.config.max_position_embeddings}); lower --seq-len.")

@@ -280,8 +280,8 @@ class Trainer:
                 **{k: v for k, v in self.last_eval.items() if k.startswith("eval_")}}
         if state["scheduler"]["plan"]:
             prov["time_plan"] = state["scheduler"]["plan"]
-        if self.cfg.extra.get("plan"):
-            prov["plan"] = self.cfg.extra["plan"]  # what `--plan auto` chose (vnmini plan's table row)
+        # What `--plan auto` chose (vnmini plan's table row); where --init-embeddings' rows came from.
+        prov.update({k: self.cfg.extra[k] for k in ("plan", "init_embeddings") if self.cfg.extra.get(k)})
         save_checkpoint(full, folder, tokenizer=self.tokenizer, provenance=prov)
         # The HF folder is complete on its own; a run is resumable from it once this lands.
         with atomic_path(folder / STATE_FILE) as tmp:
