@@ -39,6 +39,21 @@ import torch
 
 BACKENDS = ("auto", "numba", "torch")
 
+
+def set_threads(n: int | None) -> int | None:
+    """Bound the Numba CPU kernels' threads to ``n`` (like ``torch.set_num_threads``); returns the previous count.
+
+    Two trainings sharing a machine (``--threads 1`` each) would otherwise both run their
+    parallel kernels on every core and slow each other down. ``None`` changes nothing.
+    """
+    if not n:
+        return None
+    import numba
+
+    prev = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    return prev
+
 # "auto" per device, from the measured benchmark (see module docstring).
 AUTO_CPU = {
     "cross_entropy": "numba",

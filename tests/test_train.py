@@ -317,3 +317,34 @@ def test_flag_help_shows_the_trainconfig_defaults(cli, monkeypatch):
     assert code == 0 and f"(default: {TrainConfig.schedule})" in flat and f"(default: {TrainConfig.lr})" in flat
     code, out, _ = cli("sft", "--help")
     assert code == 0 and f"(default: {SFT_DEFAULTS['lr']})" in " ".join(out.split())
+
+
+def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_tokenizer, tmp_path):
+    """--threads 1 holds the Numba losses to one thread too (two trainings sharing a 2-core machine would
+    otherwise both spread their kernels over every core), and the caller's counts come back after."""
+    import numba
+
+    from vnmini.data.shards import ShardReader
+    from vnmini.training.batch import ce_loss
+    from vnmini.training.pretrain import TokenWindows, build_config, make_model
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba sees one thread here")
+    numba.set_num_threads(2)
+    cfg = build_config(None, base(shards, init_ckpt, tmp_path / "run", max_steps=3, eval_every=0, save_every=0,
+                                  threads=1, kernels="numba"))
+    ce = ce_loss("numba")
+    seen = []
+
+    def watched(module, batch):
+        seen.append(numba.get_num_threads())
+        return ce(module, batch)
+
+    src = TokenWindows(ShardReader(shards, "train"), ShardReader(shards, "val"), cfg.seq_len)
+    tr = Trainer(cfg, make_model(cfg, tiny_tokenizer), src, tokenizer=tiny_tokenizer, loss_fn=watched)
+    try:
+        tr.fit()
+    finally:
+        tr.close()
+    assert seen and set(seen) == {1}
+    assert numba.get_num_threads() == 2
