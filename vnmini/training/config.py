@@ -42,7 +42,7 @@ class TrainConfig:
     tokenizer: str | None = _f(None, "Tokenizer folder/json (default: the shards' own).")
     out: str = _f("runs/train", "Run folder (step_NNNNNN/, final/, metrics.jsonl, loss.png).")
     preset: str = _f("tiny", "Model shape when not starting from a checkpoint: "
-                             "micro, tiny, mini, small, medium, large.")
+                             "micro, tiny, lite, mini, small, medium, large.")
     init_from: str | None = _f(None, "Start from this checkpoint folder instead of a fresh preset.")
     init_embeddings: str | None = _f(None, "Start a fresh model's token embeddings from this teacher's (a GGUF or "
                                            "checkpoint the tokenizer was adopted from), projected to its width by "
