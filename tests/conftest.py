@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import sys
 import time
+from pathlib import Path
 
-import pytest
-import torch
+# The repository root holds kernels/, models/, export/ and cli/, which the installed package maps into vnmini.*.
+# On sys.path (`python -m pytest` puts the cwd first) they shadow real top-level packages of those names:
+# transformers 5.25 imports Hugging Face's `kernels` and found ours. The tests import the installed vnmini, so the
+# root comes off sys.path here, and PYTHONSAFEPATH keeps subprocesses (`python -m ...`, Python >= 3.11) from
+# putting their cwd first.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Two cores: keep torch from oversubscribing when pytest and numba share them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
