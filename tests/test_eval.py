@@ -13,8 +13,8 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
+from conftest import VI_SAMPLE
 
-from tests.conftest import VI_SAMPLE
 from vnmini.errors import VnminiError
 from vnmini.eval.bpb import eval_text, text_prefix
 from vnmini.eval.mc import MC_PROMPT, eval_mc, read_mc, sample_mc_path, strip_letter

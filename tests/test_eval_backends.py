@@ -8,8 +8,8 @@ backend through ``Generator.logits``.
 from __future__ import annotations
 
 import pytest
+from conftest import VI_SAMPLE
 
-from tests.conftest import VI_SAMPLE
 from vnmini.eval.bpb import eval_text
 from vnmini.eval.mc import eval_mc, sample_mc_path
 
