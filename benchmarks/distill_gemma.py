@@ -16,7 +16,7 @@ One run, 2 CPU cores, the default statute corpus (the Civil Code held out):
    reused (training is deterministic; each settings hash has its own folder), so trying another
    ``--alpha`` retrains only the KD one; ``--kd-init-embeddings`` starts the KD student's token
    embeddings from Gemma's (PCA to its width), ``--dropout`` and ``--seed`` apply to both,
-   ``--student-preset`` picks the shape (its lr from ``recipes.lr_for`` unless ``--lr``);
+   ``--student-preset`` picks the shape (its lr from ``recipes.lr_of`` unless ``--lr``);
 5. held-out bits per byte through ``vnmini.eval_text`` (the same normalized text for all,
    sliding windows of each model's training context, Gemma's capped at 1024, stride half), GGUF q8_0 exports and
    their decode speed (``vnmini.bench``, median of repeats). Gemma's own score is memoized
@@ -58,8 +58,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=None, help="peak lr of both students (default: recipes.lr_for the "
-                    "preset's width: 3e-3 at tiny's 192, 2.25e-3 at lite's 256)")
+    ap.add_argument("--lr", type=float, default=None, help="peak lr of both students (default: recipes.lr_of the "
+                    "preset, by its width: 3e-3 at tiny's 192, 2.25e-3 at lite's 256)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=recipes.KD_ALPHA)
     ap.add_argument("--k", type=int, default=32)
@@ -78,9 +78,7 @@ def main() -> None:
                     "settings is in --work (do after changing vnmini's training code)")
     a = ap.parse_args()
     if a.lr is None:
-        from vnmini.models.presets import PRESETS
-
-        a.lr = recipes.lr_for(PRESETS[a.student_preset]["hidden_size"])
+        a.lr = recipes.lr_of(a.student_preset)
 
     import numpy as np
     import torch

@@ -25,8 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~5.5M: a CPU toy that still learns Vietnamese syllables in minutes.
     "tiny": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6,
                  num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512),
-    # ~10M: the CPU distillation student (benchmarks/distill_gemma.py): a 270M teacher's targets carry more than
-    # tiny's 2.4M non-embedding parameters hold; widths are multiples of 256 so K-quants apply.
+    # ~10.2M: a student for more compute than 2 CPU cores (6.0M outside the embeddings against tiny's 2.4M; widths
+    # multiples of 256 so K-quants apply). In the Gemma benchmark on 2 cores it lost to tiny at equal time (README).
     "lite": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8,
                  num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512),
     # ~25M: a CPU teacher / laptop student.

@@ -330,6 +330,7 @@ def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_to
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba sees one thread here")
+    before = numba.get_num_threads()
     numba.set_num_threads(2)
     cfg = build_config(None, base(shards, init_ckpt, tmp_path / "run", max_steps=3, eval_every=0, save_every=0,
                                   threads=1, kernels="numba"))
@@ -346,5 +347,7 @@ def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_to
         tr.fit()
     finally:
         tr.close()
+    after = numba.get_num_threads()
+    numba.set_num_threads(before)
     assert seen and set(seen) == {1}
-    assert numba.get_num_threads() == 2
+    assert after == 2

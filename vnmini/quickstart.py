@@ -155,13 +155,6 @@ PROFILES = {
 MINUTES = {10: "full", 60: "hour"}
 
 
-def lr_of(preset_name: str) -> float:
-    """The recipe's peak lr for a preset's width (:func:`vnmini.training.recipes.lr_for`)."""
-    from vnmini.models.presets import PRESETS
-
-    return recipes.lr_for(PRESETS[preset_name]["hidden_size"])
-
-
 def profile_for(minutes: float | None, tiny: bool) -> Profile:
     if tiny:
         return PROFILES["tiny"]
@@ -290,8 +283,9 @@ def quickstart(
     def _teacher() -> dict:
         from vnmini.training.pretrain import train
 
-        return {**train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset, lr=lr_of(prof.teacher_preset),
-                        **prof.teacher.kwargs(), **common), "preset": prof.teacher_preset}
+        return {**train(data=data, out=str(out / "teacher"), preset=prof.teacher_preset,
+                        lr=recipes.lr_of(prof.teacher_preset), **prof.teacher.kwargs(), **common),
+                "preset": prof.teacher_preset}
 
     teacher = st.run("teacher", total, _teacher, lambda r: [r["final"]])
 
@@ -311,7 +305,7 @@ def quickstart(
         from vnmini.training.distill import distill
 
         return {**distill(teacher_cache=cache["path"], data=data, out=str(out / "student"),
-                          preset=prof.student_preset, lr=lr_of(prof.student_preset), alpha=prof.kd_alpha,
+                          preset=prof.student_preset, lr=recipes.lr_of(prof.student_preset), alpha=prof.kd_alpha,
                           kd="forward", **prof.student.kwargs(), **common), "preset": prof.student_preset}
 
     student = st.run("student (KD)", total, _student, lambda r: [r["final"]])
@@ -320,8 +314,9 @@ def quickstart(
         from vnmini.training.pretrain import train
 
         # The control: the student's shape, data, recipe and budget, without the teacher.
-        return {**train(data=data, out=str(out / "scratch"), preset=prof.student_preset, lr=lr_of(prof.student_preset),
-                        **prof.student.kwargs(), **common), "preset": prof.student_preset}
+        return {**train(data=data, out=str(out / "scratch"), preset=prof.student_preset,
+                        lr=recipes.lr_of(prof.student_preset), **prof.student.kwargs(), **common),
+                "preset": prof.student_preset}
 
     scratch = st.run("student (scratch control)", total, _scratch, lambda r: [r["final"]])
 
@@ -334,7 +329,7 @@ def quickstart(
                                   replay=prof.sft_replay, force=True)
         base, why = chat_base(teacher, student)
         summary = sft(data=str(sft_file), init_from=base["final"], out=str(out / "chat"),
-                      lr=lr_of(base["preset"]) * prof.sft_lr_scale, **prof.sft.kwargs(), **common)
+                      lr=recipes.lr_of(base["preset"]) * prof.sft_lr_scale, **prof.sft.kwargs(), **common)
         return {**summary, "conversations": built["conversations"], "text_records": built["text_records"],
                 "sft_data": str(sft_file), "init_from": base["final"], "why": why}
 

@@ -141,6 +141,13 @@ def lr_for(hidden_size: int) -> float:
     return LR_REF * min(1.0, LR_REF_WIDTH / hidden_size)
 
 
+def lr_of(preset_name: str) -> float:
+    """The recipe's peak lr for a named preset (:func:`lr_for` its width)."""
+    from vnmini.models.presets import PRESETS
+
+    return lr_for(PRESETS[preset_name]["hidden_size"])
+
+
 def batch_for(tokens: float, rules: DeviceRules, seq_len: int, micro_batch: int) -> int:
     """The global batch: small enough for TARGET_STEPS optimizer steps, a multiple of one forward."""
     per_forward = seq_len * micro_batch
