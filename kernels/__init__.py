@@ -11,7 +11,7 @@ Public API::
     rms_norm(x, weight, eps) ; apply_rope(x, cos, sin)
     quantize_q8_0 / dequantize_q8_0 / quantize_q4_0 / dequantize_q4_0     # numpy, gguf bit-exact
     kernel_info() -> list[dict]                                           # for `vnmini info --kernels`
-    set_threads(n)                                                        # bound the Numba CPU threads
+    set_threads(n) -> prev ; restore_threads(prev)                        # bound torch's and Numba's CPU threads
 
 ``backend``: "auto" (fastest measured per device, see ``dispatch``), "numba", "torch".
 The loss kernels write d(logits) into the logits' storage during backward when safe
@@ -19,7 +19,7 @@ The loss kernels write d(logits) into the logits' storage during backward when s
 Every kernel has a ``*_torch`` reference used for fallback and tests.
 """
 
-from .dispatch import kernel_info, set_threads
+from .dispatch import kernel_info, restore_threads, set_threads
 from .kd import kd_loss, kd_loss_torch
 from .norm_rope import apply_rope, apply_rope_torch, rms_norm, rms_norm_torch
 from .quant import dequantize_q4_0, dequantize_q8_0, quantize_q4_0, quantize_q8_0
@@ -31,5 +31,5 @@ __all__ = [
     "cross_entropy", "cross_entropy_torch", "kd_loss", "kd_loss_torch", "sparse_kd_loss",
     "sparse_kd_loss_torch", "topk_lse", "topk_lse_torch", "rms_norm", "rms_norm_torch", "apply_rope",
     "apply_rope_torch", "quantize_q8_0", "dequantize_q8_0", "quantize_q4_0", "dequantize_q4_0", "kernel_info",
-    "set_threads",
+    "restore_threads", "set_threads",
 ]

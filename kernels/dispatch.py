@@ -40,19 +40,31 @@ import torch
 BACKENDS = ("auto", "numba", "torch")
 
 
-def set_threads(n: int | None) -> int | None:
-    """Bound the Numba CPU kernels' threads to ``n`` (like ``torch.set_num_threads``); returns the previous count.
+def set_threads(n: int | None) -> tuple[int, int] | None:
+    """Bound torch's and the Numba kernels' CPU threads to ``n``; returns the previous counts for ``restore_threads``.
 
-    Two trainings sharing a machine (``--threads 1`` each) would otherwise both run their
-    parallel kernels on every core and slow each other down. ``None`` changes nothing.
+    The one place a ``--threads`` takes effect (training, loading a model, the quickstart):
+    two jobs sharing a machine (``--threads 1`` each) would otherwise both run their parallel
+    kernels on every core and slow each other down. ``None`` or 0 changes nothing.
     """
     if not n:
         return None
     import numba
 
-    prev = numba.get_num_threads()
+    prev = (torch.get_num_threads(), numba.get_num_threads())
+    torch.set_num_threads(int(n))
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
     return prev
+
+
+def restore_threads(prev: tuple[int, int] | None) -> None:
+    """Undo ``set_threads`` (given what it returned; ``None`` does nothing)."""
+    if prev is None:
+        return
+    import numba
+
+    torch.set_num_threads(prev[0])
+    numba.set_num_threads(prev[1])
 
 # "auto" per device, from the measured benchmark (see module docstring).
 AUTO_CPU = {

@@ -176,3 +176,24 @@ def test_chat_cli_ctrl_c_stops_answer_not_program(tiny_checkpoint):
     out = (buf + out).decode("utf-8", "replace")
     assert p.returncode == 0, err.decode()
     assert out.index("(stopped)") < out.index("Ctrl-C again")
+
+
+def test_load_with_threads_bounds_torch_and_numba(tiny_checkpoint):
+    """``load(..., threads=1)`` (chat/eval/serve --threads) holds torch and the Numba kernels to one thread:
+    the one ``vnmini.kernels.set_threads`` the Trainer uses too; ``restore_threads`` gives the counts back."""
+    import numba
+    import torch
+
+    from vnmini.kernels import restore_threads, set_threads
+    from vnmini.runtime.loader import load
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba sees one thread here")
+    prev = set_threads(2)
+    try:
+        load(tiny_checkpoint, threads=1)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+        assert set_threads(None) is None and torch.get_num_threads() == 1  # None changes nothing
+    finally:
+        restore_threads(prev)
+    assert (torch.get_num_threads(), numba.get_num_threads()) == prev

@@ -319,8 +319,8 @@ def test_flag_help_shows_the_trainconfig_defaults(cli, monkeypatch):
     assert code == 0 and f"(default: {SFT_DEFAULTS['lr']})" in " ".join(out.split())
 
 
-def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_tokenizer, tmp_path):
-    """--threads 1 holds the Numba losses to one thread too (two trainings sharing a 2-core machine would
+def test_threads_bound_torch_and_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_tokenizer, tmp_path):
+    """--threads 1 holds torch and the Numba losses to one thread (two trainings sharing a 2-core machine would
     otherwise both spread their kernels over every core), and the caller's counts come back after."""
     import numba
 
@@ -330,15 +330,16 @@ def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_to
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba sees one thread here")
-    before = numba.get_num_threads()
+    before = numba.get_num_threads(), torch.get_num_threads()
     numba.set_num_threads(2)
+    torch.set_num_threads(2)
     cfg = build_config(None, base(shards, init_ckpt, tmp_path / "run", max_steps=3, eval_every=0, save_every=0,
                                   threads=1, kernels="numba"))
     ce = ce_loss("numba")
     seen = []
 
     def watched(module, batch):
-        seen.append(numba.get_num_threads())
+        seen.append((numba.get_num_threads(), torch.get_num_threads()))
         return ce(module, batch)
 
     src = TokenWindows(ShardReader(shards, "train"), ShardReader(shards, "val"), cfg.seq_len)
@@ -347,7 +348,8 @@ def test_threads_bound_the_numba_kernels_during_a_run(shards, init_ckpt, tiny_to
         tr.fit()
     finally:
         tr.close()
-    after = numba.get_num_threads()
-    numba.set_num_threads(before)
-    assert seen and set(seen) == {1}
-    assert after == 2
+    after = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(before[0])
+    torch.set_num_threads(before[1])
+    assert seen and set(seen) == {(1, 1)}
+    assert after == (2, 2)

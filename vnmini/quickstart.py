@@ -221,11 +221,10 @@ def quickstart(
 
     ``minutes`` picks the profile (10, the default, or 60); ``tiny`` the test suite's toy one.
     """
-    import torch
-
     from vnmini.data.fetch import fetch_default_corpus
     from vnmini.data.shards import prepare_shards
     from vnmini.eval.bpb import text_prefix
+    from vnmini.kernels import set_threads
     from vnmini.text.tokenizer import VnTokenizer
     from vnmini.text.tokenizer_train import train_tokenizer
 
@@ -242,8 +241,7 @@ def quickstart(
                            ("scratch", "run"), ("chat", "run")):
             if path_kind(out / name) == kind:
                 shutil.rmtree(out / name)
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)  # torch's and the Numba kernels' (the Trainer sets them again per stage)
     st = Stages(out, prof, force, console)
     total = 13
     t_start = time.perf_counter()

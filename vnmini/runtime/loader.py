@@ -45,9 +45,9 @@ def load(
     """Open ``path`` and return a Generator; ``backend`` forces torch/gguf/onnx."""
     kind = backend or detect_backend(path)
     if threads:
-        import torch
+        from vnmini.kernels import set_threads
 
-        torch.set_num_threads(threads)
+        set_threads(threads)  # torch's and the Numba kernels' threads; the GGUF/ONNX backends take it themselves
     if kind == "torch":
         from vnmini.checkpoint import load_checkpoint
 

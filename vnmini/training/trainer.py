@@ -150,13 +150,9 @@ class Trainer:
                               "lower --seq-len or add data.")
         # --max-epochs becomes a step bound here, where the split's size is known (the plan and lr see steps).
         self.cfg = cfg = self.cfg.with_epochs_cap(source.train_rows)
-        self._prev_threads = torch.get_num_threads()
-        self._prev_kernel_threads = None
-        if cfg.threads:
-            from vnmini.kernels import set_threads
+        from vnmini.kernels import set_threads
 
-            torch.set_num_threads(cfg.threads)
-            self._prev_kernel_threads = set_threads(cfg.threads)  # the Numba losses/norms too, not every core
+        self._prev_threads = set_threads(cfg.threads)  # torch and the Numba losses/norms, not every core
         cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cuda)) else None
         model.gradient_checkpointing = cfg.grad_checkpointing
@@ -562,9 +558,7 @@ class Trainer:
             self._ddp = None
             gc.collect()
         dist.teardown(self.env)
-        torch.set_num_threads(self._prev_threads)
-        if self._prev_kernel_threads:
-            from vnmini.kernels import set_threads
+        from vnmini.kernels import restore_threads
 
-            set_threads(self._prev_kernel_threads)
+        restore_threads(self._prev_threads)
 
