@@ -43,7 +43,7 @@ BACKENDS = ("auto", "numba", "torch")
 def set_threads(n: int | None) -> tuple[int, int] | None:
     """Bound torch's and the Numba kernels' CPU threads to ``n``; returns the previous counts for ``restore_threads``.
 
-    The one place a ``--threads`` takes effect (training, loading a model, the quickstart):
+    Where a ``--threads`` bounds training (the Trainer, the quickstart):
     two jobs sharing a machine (``--threads 1`` each) would otherwise both run their parallel
     kernels on every core and slow each other down. ``None`` or 0 changes nothing.
     """

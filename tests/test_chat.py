@@ -178,9 +178,11 @@ def test_chat_cli_ctrl_c_stops_answer_not_program(tiny_checkpoint):
     assert out.index("(stopped)") < out.index("Ctrl-C again")
 
 
-def test_load_with_threads_bounds_torch_and_numba(tiny_checkpoint):
-    """``load(..., threads=1)`` (chat/eval/serve --threads) holds torch and the Numba kernels to one thread:
-    the one ``vnmini.kernels.set_threads`` the Trainer uses too; ``restore_threads`` gives the counts back."""
+
+def test_threads_helper_bounds_torch_and_numba_and_load_bounds_torch(tiny_checkpoint):
+    """``vnmini.kernels.set_threads(1)`` (the Trainer's and the quickstart's) holds torch and the Numba kernels to
+    one thread and ``restore_threads`` gives the counts back; ``load(..., threads=1)`` (chat/eval/serve --threads)
+    holds torch, the only one inference runs on."""
     import numba
     import torch
 
@@ -191,9 +193,13 @@ def test_load_with_threads_bounds_torch_and_numba(tiny_checkpoint):
         pytest.skip("Numba sees one thread here")
     prev = set_threads(2)
     try:
-        load(tiny_checkpoint, threads=1)
-        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+        inner = set_threads(1)
+        assert inner == (2, 2) and (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
         assert set_threads(None) is None and torch.get_num_threads() == 1  # None changes nothing
+        restore_threads(inner)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (2, 2)
+        load(tiny_checkpoint, threads=1)
+        assert torch.get_num_threads() == 1
     finally:
         restore_threads(prev)
     assert (torch.get_num_threads(), numba.get_num_threads()) == prev

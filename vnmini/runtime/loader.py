@@ -45,9 +45,11 @@ def load(
     """Open ``path`` and return a Generator; ``backend`` forces torch/gguf/onnx."""
     kind = backend or detect_backend(path)
     if threads:
-        from vnmini.kernels import set_threads
+        import torch
 
-        set_threads(threads)  # torch's and the Numba kernels' threads; the GGUF/ONNX backends take it themselves
+        # torch's only: inference runs no Numba kernel (the models' kernels are "torch" outside training), so
+        # vnmini.kernels.set_threads would import Numba here for nothing; GGUF/ONNX backends take ``threads`` below.
+        torch.set_num_threads(threads)
     if kind == "torch":
         from vnmini.checkpoint import load_checkpoint
 
