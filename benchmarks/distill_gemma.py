@@ -48,6 +48,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def student_settings(work: Path, *, preset: str, seq_len: int, batch_tokens: int, steps: int, warmup: int,
+                     lr: float, dropout: float, seed: int | None, threads: int) -> dict:
+    """Training settings of both students (``train``/``distill`` keywords), shared with ``kd_warmup.py``."""
+    from vnmini.training import recipes
+
+    return dict(data=str(work / "shards"), preset=preset, seq_len=seq_len,
+                micro_batch=recipes.micro_batch_for(batch_tokens, seq_len), global_batch_tokens=batch_tokens,
+                max_steps=steps, warmup_steps=warmup, schedule="wsd",
+                lr=lr, eval_every=max(steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
+                device="cpu", threads=threads, **({"dropout": dropout} if dropout else {}),
+                **({"seed": seed} if seed is not None else {}))
+
+
 def main() -> None:
     from vnmini.training import recipes
 
@@ -152,12 +165,9 @@ def main() -> None:
     cache = stage("teacher cache", lambda: write_teacher_cache(
         gemma, w / "shards", w / "cache", k=a.k, seq_len=a.seq_len, batch_size=1, vocab_mode="mapped",
         max_windows=a.cache_windows, progress=True, device="cpu"))
-    common = dict(data=str(w / "shards"), preset=a.student_preset, seq_len=a.seq_len,
-                  micro_batch=recipes.micro_batch_for(a.batch_tokens, a.seq_len), global_batch_tokens=a.batch_tokens,
-                  max_steps=a.steps, warmup_steps=a.warmup, schedule="wsd",
-                  lr=a.lr, eval_every=max(a.steps // 4, 1), eval_tokens=16384, sample_tokens=0, save_every=0,
-                  device="cpu", threads=a.threads, **({"dropout": a.dropout} if a.dropout else {}),
-                  **({"seed": a.seed} if a.seed is not None else {}))
+    common = student_settings(w, preset=a.student_preset, seq_len=a.seq_len, batch_tokens=a.batch_tokens,
+                              steps=a.steps, warmup=a.warmup, lr=a.lr, dropout=a.dropout, seed=a.seed,
+                              threads=a.threads)
     reused: list[str] = []
 
     def student(name: str, label: str, key: dict, fn) -> dict:

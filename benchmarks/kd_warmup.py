@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 def run_one(work: Path, mode: str, seed: int, warmup: int, steps: int, lr: float, alpha: float, dropout: float,
             chars: int, threads: int, out_root: Path) -> dict:
+    from distill_gemma import student_settings  # the benchmark's own students (this script's folder is on sys.path)
+
     from vnmini.eval.bpb import eval_text
     from vnmini.runtime.loader import load
     from vnmini.training.distill import distill
@@ -36,10 +38,8 @@ def run_one(work: Path, mode: str, seed: int, warmup: int, steps: int, lr: float
 
     name = f"{mode}-s{seed}-n{steps}-lr{lr}-w{warmup}-a{alpha}-d{dropout}"
     out = out_root / name
-    common = dict(data=str(work / "shards"), preset="tiny", seq_len=512, micro_batch=4, global_batch_tokens=2048,
-                  max_steps=steps, warmup_steps=warmup, schedule="wsd", lr=lr, eval_every=max(steps // 4, 1),
-                  eval_tokens=16384, sample_tokens=0, save_every=0, device="cpu", threads=threads, seed=seed,
-                  progress=False, **({"dropout": dropout} if dropout else {}))
+    common = {**student_settings(work, preset="tiny", seq_len=512, batch_tokens=2048, steps=steps, warmup=warmup,
+                                 lr=lr, dropout=dropout, seed=seed, threads=threads), "progress": False}
     t0 = time.perf_counter()
     if mode == "kd":
         s = distill(teacher_cache=str(work / "cache"), alpha=alpha, out=str(out), **common)
